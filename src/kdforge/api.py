@@ -1,0 +1,270 @@
+"""What the CLI does, as plain functions: build a run from its config, train, evaluate, list.
+
+Everything is built, and every name, option and shape checked, before the first training
+step, so a bad config fails in seconds with a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdforge.config import LossConfig, RunConfig, TeacherConfig, load_config
+from kdforge.core.errors import CheckpointError, ConfigError
+from kdforge.data.datasets import DataSplits, load_dataset, split_train_val
+from kdforge.data.loaders import eval_loader
+from kdforge.distill.distiller import Distiller
+from kdforge.engine import distributed
+from kdforge.engine.checkpoint import CHECKPOINT, WEIGHTS, write_json
+from kdforge.engine.metrics import evaluate, measure_latency
+from kdforge.engine.trainer import Trainer, resolve_device, seed_everything
+from kdforge.losses.base import LossTerm, build_loss
+from kdforge.models import count_parameters, create_model
+from kdforge.teachers.base import Teacher
+from kdforge.teachers.ensemble import EnsembleTeacher
+from kdforge.teachers.module import ModuleTeacher
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.json"
+SUMMARY_FILE = "summary.json"
+#: The validation split is carved from train with this fixed seed, so runs that differ in
+#: seed differ only in initialisation and data order, never in what they are validated on.
+VAL_SPLIT_SEED = 0
+
+
+@dataclass
+class Data:
+    splits: DataSplits
+    train: Any
+    val: Any
+    test: Any
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+# -- building blocks ---------------------------------------------------------------------------
+
+def build_data(cfg: RunConfig) -> Data:
+    splits = load_dataset(cfg.data.name, **cfg.data.options)
+    train, val = split_train_val(splits.train, cfg.data.val_fraction, VAL_SPLIT_SEED)
+    return Data(splits, train, val, splits.test)
+
+
+def build_model(name: str, options: dict[str, Any], num_classes: int,
+                input_shape: tuple[int, ...], weights: str | None = None) -> nn.Module:
+    return create_model(name, num_classes, input_shape, weights=weights, **options)
+
+
+def build_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher | None:
+    members = [_one_teacher(t, num_classes, input_shape) for t in cfg.teachers]
+    if not members:
+        return None
+    if len(members) == 1:
+        return members[0]
+    return EnsembleTeacher(members, combine=cfg.ensemble, weights=cfg.ensemble_weights)
+
+
+def _one_teacher(t: TeacherConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher:
+    if t.run is not None:
+        run = Path(t.run)
+        meta_path = run / MODEL_FILE
+        if not meta_path.is_file() or not (run / WEIGHTS).is_file():
+            raise ConfigError(
+                f"teacher run {str(run)!r} has no {MODEL_FILE} and {WEIGHTS}; train the teacher "
+                "first (kdforge train) and give its run directory"
+            )
+        meta = json.loads(meta_path.read_text())
+        model = build_model(meta["name"], meta["options"], meta["num_classes"],
+                            tuple(meta["input_shape"]), str(run / WEIGHTS))
+    else:
+        assert t.name is not None
+        if t.weights is None:
+            raise ConfigError(f"teacher {t.name!r} needs 'weights': a trained model's weights file")
+        model = build_model(t.name, t.options, num_classes, input_shape, t.weights)
+    return ModuleTeacher(model, precision=t.precision)
+
+
+def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
+    return [build_loss(loss.name, weight=loss.weight, **loss.options) for loss in losses]
+
+
+def build_distiller(cfg: RunConfig, data: Data) -> Distiller:
+    k, shape = data.splits.num_classes, data.splits.input_shape
+    teacher = build_teacher(cfg, k, shape)
+    seed_everything(cfg.seed)  # the student's initialisation depends on the seed alone
+    student = build_model(cfg.student.name, cfg.student.options, k, shape, cfg.student.weights)
+    return Distiller(student, teacher, build_losses(cfg.losses))
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+          verbose: bool = True, callbacks=()) -> RunResult:
+    """Train the run described by ``cfg`` (a teacher, a baseline or a distilled student).
+
+    Writes ``output_dir/name/``: ``config.yaml`` (resolved), ``model.json``,
+    ``metrics.jsonl``, ``checkpoint.pt``, ``model.safetensors`` and ``summary.json`` (final
+    validation and test metrics of the last epoch's model; the test set is used only here).
+    """
+    run_dir = run_dir_of(cfg)
+    env = distributed.env_from_torchrun()
+    if not resume and (run_dir / CHECKPOINT).exists():
+        if not overwrite:
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} already holds a run; resume it with "
+                f"--resume {run_dir}, choose another name (--set name=...), or --overwrite"
+            )
+        if env.is_main:
+            shutil.rmtree(run_dir)
+    data = build_data(cfg)
+    distiller = build_distiller(cfg, data)
+    k, shape = data.splits.num_classes, data.splits.input_shape
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
+        write_json(run_dir / MODEL_FILE, {"name": cfg.student.name, "options": cfg.student.options,
+                                          "num_classes": k, "input_shape": list(shape)})
+    trainer = Trainer(
+        distiller, data.train, data.val, num_classes=k, optim=cfg.optim, schedule=cfg.schedule,
+        train=cfg.train, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
+        verbose=verbose, title=cfg.name,
+    )
+    start = time.perf_counter()
+    history = trainer.fit(resume=resume)
+    train_time = time.perf_counter() - start
+    test = trainer.evaluate_dataset(data.test)
+    summary = summarize(cfg, trainer, history, test, train_time, shape)
+    if env.is_main:
+        write_json(run_dir / SUMMARY_FILE, summary)
+    return RunResult(run_dir, summary)
+
+
+def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],
+              test: dict[str, float], train_time: float, shape: tuple[int, ...]) -> dict[str, Any]:
+    d = trainer.distiller
+    last = history[-1] if history else {}
+    example = torch.zeros(cfg.data.batch_size, *shape)
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "student": cfg.student.name,
+        "student_params": count_parameters(d.student),
+        "teacher_params": count_parameters(d.teacher) if d.teacher is not None else None,
+        "losses": [loss.name for loss in cfg.losses],
+        "epochs": trainer.epoch,
+        "train_time_s": train_time,
+        "samples_per_s": sum(r["samples_per_s"] for r in history) / max(1, len(history)),
+        "latency_ms": measure_latency(d.student, example, device=trainer.device),
+        "latency_batch": cfg.data.batch_size,
+        "val": {k[4:]: v for k, v in last.items() if k.startswith("val/")},
+        "test": test,
+    }
+    return summary
+
+
+def resume(run_dir: str | Path, *, verbose: bool = True) -> RunResult:
+    """Continue an interrupted run from its directory (config and checkpoint are read there)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
+    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = cfg.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    return train(cfg, resume=True, verbose=verbose)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Evaluate a finished run's final model on ``split`` (``test`` or ``val``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{str(run_dir)!r} is not a finished run (needs {CONFIG_FILE} and {WEIGHTS})"
+        )
+    cfg = load_config(run_dir / CONFIG_FILE)
+    data = build_data(cfg)
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    dataset = data.test if split == "test" else data.val
+    if dataset is None:
+        raise ConfigError("this run has no validation split (data.val_fraction was 0)")
+    k, shape = data.splits.num_classes, data.splits.input_shape
+    student = build_model(cfg.student.name, cfg.student.options, k, shape, str(run_dir / WEIGHTS))
+    teacher = build_teacher(cfg, k, shape)
+    device = resolve_device(cfg.train.device)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    loader = eval_loader(dataset, cfg.data.eval_batch_size)
+    return evaluate(student, loader, num_classes=k, teacher=teacher, device=device)
+
+
+def load_run_summary(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} does not exist; the run has not finished")
+    return json.loads(path.read_text())
+
+
+def require_teacher(cfg: RunConfig) -> None:
+    """``kdforge distill`` insists on a teacher and a term that uses it."""
+    if not cfg.teachers:
+        raise ConfigError("distill needs a 'teacher' section (a run directory or a model "
+                          "with weights); to train without one use 'kdforge train'")
+    terms = build_losses(cfg.losses)
+    if not any(t.needs_teacher for t in terms):
+        raise ConfigError(
+            f"none of the losses {[c.name for c in cfg.losses]} uses the teacher; add e.g. "
+            "{name: kd, weight: 0.9, T: 4}"
+        )
+
+
+def list_registered(kind: str) -> list[tuple[str, str, str]]:
+    """``(name, source, summary)`` of every registered model, loss or data set."""
+    from kdforge.data.datasets import DATASETS
+    from kdforge.losses.base import LOSSES
+    from kdforge.models import MODELS
+
+    registry = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS}.get(kind)
+    if registry is None:
+        raise ConfigError(f"unknown kind {kind!r}; choose models, losses or datasets")
+    rows = [(e.name, e.source, e.summary) for e in registry.entries()]
+    if kind == "models":
+        rows += [("timm:NAME", "Wightman, PyTorch Image Models", "any timm architecture by name"),
+                 ("torchvision:NAME", "torchvision", "any torchvision classification model")]
+    return rows
+
+
+def list_layers(model: str | None, overrides: list[str]) -> list[str]:
+    """Module names (for feature taps) of a model, with each module's type."""
+    import yaml
+
+    from kdforge.models import layer_names
+
+    if not model:
+        raise ConfigError("kdforge list layers needs a MODEL name, e.g. resnet8")
+    options: dict[str, Any] = {"num_classes": 10, "input_shape": [3, 32, 32]}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} must look like key=value")
+        options[key] = yaml.safe_load(value)
+    k, shape = options.pop("num_classes"), tuple(options.pop("input_shape"))
+    net = build_model(model, options, k, shape)
+    modules = dict(net.named_modules())
+    return [f"{name:32s} {type(modules[name]).__name__}" for name in layer_names(net)]

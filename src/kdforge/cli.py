@@ -1,0 +1,105 @@
+"""The ``kdforge`` command line: parses, validates, calls :mod:`kdforge.api`; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from kdforge.core.errors import KDForgeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kdforge",
+        description="Knowledge distillation for PyTorch: train teachers, distill students.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="print what is registered (models, losses, datasets, layers)")
+    ls.add_argument("kind", choices=["models", "losses", "datasets", "layers"])
+    ls.add_argument("model", nargs="?", help="with 'layers': the model whose layers to print")
+    ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="with 'layers': num_classes=N, input_shape=[C,H,W] or a model option")
+
+    for name, text in (("train", "train a model (a teacher, or a student alone)"),
+                       ("distill", "distill a student from the config's teacher")):
+        run = sub.add_parser(name, help=text)
+        run.add_argument("config", nargs="?", help="YAML run config")
+        run.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5")
+        run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+        run.add_argument("--overwrite", action="store_true",
+                         help="replace an existing run directory of the same name")
+        run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    ev = sub.add_parser("evaluate", help="evaluate a finished run's model")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+
+    demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
+    demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
+    demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
+    demo.add_argument("--seeds", type=int, default=3, help="seeds per student setting")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KDForgeError as exc:
+        print(f"kdforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdforge: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from kdforge import api
+
+    if args.command == "list":
+        if args.kind == "layers":
+            for line in api.list_layers(args.model, args.overrides):
+                print(line)
+        else:
+            for name, source, summary in api.list_registered(args.kind):
+                print(f"{name:24s} {summary}" + (f"  [{source}]" if source else ""))
+        return 0
+    if args.command in ("train", "distill"):
+        if args.resume:
+            if args.config or args.overrides:
+                raise _usage("--resume reads the run's own config.yaml; give no CONFIG or --set")
+            result = api.resume(args.resume, verbose=not args.quiet)
+        else:
+            if not args.config:
+                raise _usage(f"kdforge {args.command} needs a CONFIG file (or --resume RUN_DIR)")
+            from kdforge.config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+            if args.command == "distill":
+                api.require_teacher(cfg)
+            result = api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet)
+        print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]}, indent=2))
+        return 0
+    if args.command == "evaluate":
+        print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
+        return 0
+    if args.command == "demo":
+        from kdforge.demo import run_demo
+
+        run_demo(args.output, quick=args.quick, seeds=args.seeds)
+        return 0
+    raise AssertionError(args.command)
+
+
+def _usage(message: str) -> KDForgeError:
+    from kdforge.core.errors import ConfigError
+
+    return ConfigError(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The configuration of a run: pydantic models, YAML files and ``--set key=value`` overrides.
+
+A run is fully described by one :class:`RunConfig`; the resolved config is written into the
+run directory, so every run can be reproduced from it. Unknown keys and bad values raise
+:class:`~kdforge.core.errors.ConfigError` naming the key and the allowed values.
+
+Sections that name a registered thing (``data``, ``student``, ``teacher``, ``losses``) take
+the thing's own options beside ``name``; those are checked against the registered factory
+when the run is built, before any training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdforge.core.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _Named(BaseModel):
+    """A section naming a registered thing; extra keys are that thing's options."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Named):
+    """``data:`` the data set and how it is batched."""
+
+    name: str = Field(description="registered data set: digits, mnist1d, synthetic, ...")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                description="share of train held out for validation")
+    batch_size: int = Field(128, gt=0, description="global training batch size")
+    eval_batch_size: int = Field(512, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Named):
+    """A model by registered name (``resnet8``), or ``timm:NAME`` / ``torchvision:NAME``."""
+
+    name: str
+    weights: str | None = Field(None, description="local .safetensors or torch state dict")
+
+
+class TeacherConfig(_Named):
+    """``teacher:`` a trained model: a run directory, or a model plus weights file."""
+
+    run: str | None = Field(None, description="run directory of a trained teacher")
+    name: str | None = Field(None, description="model name when not given by run")
+    weights: str | None = None
+    precision: Precision = "fp32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if (self.run is None) == (self.name is None):
+            raise ValueError(
+                "give either 'run' (a trained teacher's run directory) or 'name' and 'weights' "
+                "(a model and its weights file)"
+            )
+        if self.run is not None and self.options:
+            raise ValueError(f"with 'run', the teacher takes no model options {sorted(self.options)}")
+        return self
+
+
+class LossConfig(_Named):
+    """One loss term: ``{name: kd, weight: 0.9, T: 4}``."""
+
+    name: str
+    weight: float = Field(1.0, ge=0.0)
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up from lr/100")
+    milestones: list[float] = Field(default_factory=list, description="epochs (step schedule)")
+    gamma: float = Field(0.1, gt=0.0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, gt=0)
+    grad_clip: float | None = Field(None, gt=0.0, description="max global grad norm")
+    precision: Precision = Field("fp32", description="autocast: bf16 on CPU; fp16/bf16 CUDA")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    eval_every: int = Field(1, gt=0, description="validate every N epochs (and the last)")
+    deterministic: bool = True
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the student (CUDA)")
+    log_every: int = Field(10, gt=0, description="steps between progress updates")
+
+
+class RunConfig(_Strict):
+    """A whole run: what to train, on what, from which teacher, with which losses."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig
+    student: ModelConfig
+    teacher: TeacherConfig | list[TeacherConfig] | None = None
+    ensemble: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    ensemble_weights: list[float] | None = None
+    losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def teachers(self) -> list[TeacherConfig]:
+        if self.teacher is None:
+            return []
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- loading, overrides and readable errors ---------------------------------------------------
+
+def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Validate a config dict after applying ``key=value`` overrides."""
+    data = _deep_copy(data)
+    for item in overrides:
+        apply_override(data, item)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config file and validate it (with overrides)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return parse_config(data, overrides)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``losses.1.T=2``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. train.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: i + 1]), create=True)
+    last = parts[-1]
+    if isinstance(node, list):
+        index = _index(node, last, key)
+        node[index] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[:-1])!r} is not a section")
+
+
+def _child(node: Any, part: str, path: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"cannot set below {path!r}: it is a value, not a section")
+    if part not in node or node[part] is None:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list, part: str, path: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"{path!r}: list index {part!r} out of range (list has {len(node)} items)")
+    return int(part)
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": RunConfig, "data": DataConfig, "student": ModelConfig, "teacher": TeacherConfig,
+    "losses": LossConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the dotted key, what is wrong, and what is allowed."""
+    lines = []
+    errors = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("list[", "function-"))]
+        loc = [p for p in loc if p not in ("TeacherConfig",)]
+        errors.append((".".join(loc) or "(top level)", loc, err))
+    # A union (teacher: one or a list) reports a failure per branch; keep the informative one.
+    informative = {k for k, _, e in errors if e["type"] not in ("list_type", "dict_type")}
+    for key, loc, err in errors:
+        if err["type"] in ("list_type", "dict_type") and key in informative:
+            continue
+        if err["type"] == "extra_forbidden":
+            section = next((p for p in loc[:-1] if p in _SECTIONS), "")
+            allowed = ", ".join(_SECTIONS[section].model_fields)
+            where = f"section {section!r}" if section else "the top level"
+            lines.append(f"{key}: unknown key; allowed keys in {where}: {allowed}")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(dict.fromkeys(lines))

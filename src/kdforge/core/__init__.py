@@ -1,0 +1,28 @@
+"""Ground floor of kdforge: types and helpers that import nothing else of the package."""
+
+from kdforge.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    KDForgeError,
+    NonFiniteLossError,
+    ShapeMismatchError,
+)
+from kdforge.core.outputs import Batch, Outputs, StepResult, to_outputs
+from kdforge.core.registry import Registry
+from kdforge.core.taps import FeatureTap
+
+__all__ = [
+    "Batch",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FeatureTap",
+    "KDForgeError",
+    "NonFiniteLossError",
+    "Outputs",
+    "Registry",
+    "ShapeMismatchError",
+    "StepResult",
+    "to_outputs",
+]

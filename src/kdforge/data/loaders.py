@@ -1,0 +1,116 @@
+"""Batching: seeded, rank-aware loaders that yield :class:`kdforge.core.Batch` objects.
+
+The same sampler serves one process and ``torchrun``: every epoch draws one global
+permutation from ``seed + epoch`` and rank ``r`` of ``W`` takes positions ``r, r+W, ...``,
+so the union of the ranks' ``i``-th batches is exactly the ``i``-th batch of a one-process
+run with the same global batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from kdforge.core.errors import ConfigError
+from kdforge.core.outputs import Batch
+
+
+def collate(items: Any) -> Any:
+    """Keep batches that ``__getitems__`` already built; stack anything else."""
+    if isinstance(items, dict):
+        return items
+    return default_collate(items)
+
+
+def to_batch(obj: Any) -> Batch:
+    """Map what a loader yields into a :class:`Batch`.
+
+    Accepts our dict batches (``input``, ``target``, optional ``index``, ``teacher_input``),
+    an existing ``Batch``, or the ``(inputs, targets)`` pairs of ordinary PyTorch data sets.
+    """
+    if isinstance(obj, Batch):
+        return obj
+    if isinstance(obj, dict):
+        return Batch(obj["input"], obj.get("target"), obj.get("teacher_input"), obj.get("index"))
+    if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
+        targets = obj[1] if len(obj) > 1 else None
+        return Batch(obj[0], targets)
+    raise ConfigError(
+        f"a data loader yielded a {type(obj).__name__}; yield (inputs, targets) pairs or dicts "
+        "with 'input' and 'target'"
+    )
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank ``r`` of ``W`` takes indices ``r, r+W, ...`` with no padding,
+    so sums reduced over ranks count every sample exactly once."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A shuffling loader; ``batch_size`` is the *global* batch, split evenly over ranks.
+
+    Call ``loader.sampler.set_epoch(epoch)`` before each epoch (the trainer does).
+    """
+    if batch_size % world_size:
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size // world_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, num_workers: int = 0
+) -> DataLoader:
+    """An in-order loader over this rank's shard (no padding, no duplicates)."""
+    sampler = ShardSampler(len(dataset), rank, world_size)  # type: ignore[arg-type]
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate
+    )
+
+
+def first_batch(dataset: Dataset, size: int) -> Batch:
+    """The first ``size`` samples as a batch (for shape checks before training)."""
+    n = min(size, len(dataset))  # type: ignore[arg-type]
+    indices: Sequence[int] = list(range(n))
+    getitems = getattr(dataset, "__getitems__", None)
+    items = getitems(list(indices)) if getitems else [dataset[i] for i in indices]
+    return to_batch(collate(items))
+
+
+__all__ = ["ShardSampler", "collate", "eval_loader", "first_batch", "to_batch", "train_loader"]

@@ -1,0 +1,149 @@
+"""The Distiller: a student forward pass, a teacher signal, a weighted sum of loss terms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdforge.core.errors import ConfigError
+from kdforge.core.outputs import Batch, Outputs, StepResult, to_outputs
+from kdforge.core.taps import FeatureTap
+from kdforge.losses.base import LossTerm
+from kdforge.losses.response import CE
+from kdforge.teachers.base import Teacher
+from kdforge.teachers.module import ModuleTeacher
+
+
+class Distiller(nn.Module):
+    """Student + teacher + loss terms; ``forward`` computes one step's loss.
+
+    >>> distiller = Distiller(student, teacher, [CE(weight=0.1), KD(T=4, weight=0.9)])
+    >>> out = distiller(x, y)            # doctest: +SKIP
+    >>> out.loss.backward()              # out.parts == {"ce": ..., "kd": ...}
+
+    Args:
+        student: the network being trained (any ``nn.Module`` returning logits).
+        teacher: a :class:`Teacher`, a plain trained ``nn.Module`` (wrapped in a frozen
+            :class:`ModuleTeacher`), or ``None`` to train without a teacher (the same path
+            trains teachers and baselines).
+        terms: the loss terms; default ``[CE()]``.
+
+    The teacher stays frozen, in eval mode and without gradients whatever ``.train()`` is
+    called on the distiller. ``parts`` holds each term's *weighted* contribution, so the
+    parts sum to ``loss``; the same dict is what the trainer logs.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
+                 terms: Sequence[LossTerm] | None = None) -> None:
+        super().__init__()
+        terms = list(terms) if terms is not None else [CE()]
+        if not terms:
+            raise ConfigError("a distiller needs at least one loss term, e.g. [CE()]")
+        for term in terms:
+            if not isinstance(term, LossTerm):
+                raise ConfigError(f"loss terms must be LossTerm objects, got {type(term).__name__}")
+        if teacher is not None and not isinstance(teacher, Teacher):
+            teacher = ModuleTeacher(teacher)
+        needy = [t.name for t in terms if t.needs_teacher]
+        if teacher is None and needy:
+            raise ConfigError(
+                f"loss terms {needy} need a teacher but none was given; pass a teacher or "
+                "use only terms such as 'ce'"
+            )
+        self.student = student
+        self.teacher = teacher
+        self.terms = nn.ModuleList(terms)
+        self.part_names = _unique_names([t.name for t in terms])
+        self._tap = FeatureTap(student, _union(t.student_features() for t in terms))
+        if teacher is not None:
+            teacher.require_features(_union(t.teacher_features() for t in terms))
+        self.prepared = False
+
+    # -- modes and parameters -------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.train(False)  # a Teacher stays in eval mode whatever it is told
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The student's parameters and the learnable parts of the terms (for the optimizer)."""
+        for p in self.student.parameters():
+            if p.requires_grad:
+                yield p
+        for p in self.terms.parameters():
+            if p.requires_grad:
+                yield p
+
+    # -- the step -----------------------------------------------------------------------------
+    def teach(self, batch: Batch) -> Outputs | None:
+        """The teacher's outputs for the batch (``None`` without a teacher)."""
+        if self.teacher is None:
+            return None
+        inputs = batch.teacher_inputs if batch.teacher_inputs is not None else batch.inputs
+        with torch.no_grad():
+            return self.teacher(inputs, batch)
+
+    def student_outputs(self, inputs: Tensor) -> Outputs:
+        raw = self.student(inputs)
+        return to_outputs(raw, self._tap.pop() if self._tap.names else None)
+
+    def step(self, batch: Batch) -> StepResult:
+        """One step's loss for a :class:`Batch`."""
+        if not self.prepared:
+            self.prepare(batch)
+        teacher_out = self.teach(batch)
+        student_out = self.student_outputs(batch.inputs)
+        parts: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for name, term in zip(self.part_names, self.terms, strict=True):
+            value = term(student_out, teacher_out, batch) * term.weight
+            parts[name] = value
+            total = value if total is None else total + value
+        assert total is not None
+        return StepResult(total, parts, student_out, teacher_out)
+
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, *,
+                teacher_inputs: Tensor | None = None, index: Tensor | None = None) -> StepResult:
+        return self.step(Batch(inputs, targets, teacher_inputs, index))
+
+    @torch.no_grad()
+    def prepare(self, batch: Batch) -> None:
+        """Validate every term on a first batch and build their learnable adapters.
+
+        Runs once before training (the trainer calls it before creating the optimizer, so
+        adapters built here are optimised). A class-count mismatch or a feature shape a term
+        cannot take raises ``ShapeMismatchError`` here, naming both shapes.
+        """
+        was_training = self.training
+        self.eval()  # no BatchNorm statistics are updated by this look-ahead pass
+        try:
+            teacher_out = self.teach(batch)
+            student_out = self.student_outputs(batch.inputs)
+        finally:
+            self.train(was_training)
+        for term in self.terms:
+            term.setup(student_out, teacher_out, batch)
+        self.prepared = True
+
+
+def _union(groups: Iterable[list[str]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for group in groups:
+        for name in group:
+            seen[name] = None
+    return list(seen)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """``["kd", "at", "at"]`` -> ``["kd", "at", "at_1"]``."""
+    out: list[str] = []
+    for name in names:
+        candidate, i = name, 1
+        while candidate in out:
+            candidate = f"{name}_{i}"
+            i += 1
+        out.append(candidate)
+    return out

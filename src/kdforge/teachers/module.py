@@ -1,0 +1,63 @@
+"""A frozen ``nn.Module`` as teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from kdforge.core.errors import ConfigError
+from kdforge.core.outputs import Batch, Outputs, to_outputs
+from kdforge.core.taps import FeatureTap
+from kdforge.teachers.base import Teacher
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModuleTeacher(Teacher):
+    """Wraps a trained model as a frozen teacher.
+
+    The model is put in eval mode, its parameters stop requiring gradients, and every forward
+    pass runs under ``torch.no_grad()``, so neither its weights nor its BatchNorm statistics
+    can change during distillation.
+
+    Args:
+        model: the trained teacher network (any ``nn.Module`` returning logits).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: autocast dtype for the
+            teacher's forward pass (cheaper teaching); outputs are returned in float32.
+        features: layer names (as in ``model.named_modules()``) to return as features.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "fp32",
+                 features: Iterable[str] = ()) -> None:
+        super().__init__()
+        if precision not in _PRECISIONS:
+            raise ConfigError(
+                f"teacher precision must be one of {sorted(_PRECISIONS)}, got {precision!r}"
+            )
+        self.model = model
+        self.precision = precision
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self._tap = FeatureTap(model)
+        self.require_features(features)
+
+    def require_features(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._tap.add(name)
+
+    @torch.no_grad()
+    def forward(self, inputs: Tensor, batch: Batch | None = None) -> Outputs:
+        if self.model.training:  # someone called .train() on the bare model
+            self.model.eval()
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            raw = self.model(inputs)
+        else:
+            with torch.autocast(inputs.device.type, dtype=dtype):
+                raw = self.model(inputs)
+        out = to_outputs(raw, self._tap.pop() if self._tap.names else None)
+        if dtype is not None:
+            out = Outputs(out.logits.float(), {k: v.float() for k, v in out.features.items()})
+        return out
