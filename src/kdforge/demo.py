@@ -84,8 +84,7 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, seeds: in
                            title=f"{dataset}: validation accuracy", ylabel="validation accuracy")
         markdown += [f"\n## {dataset}\n", markdown_table(rows), f"\n![{dataset}]({plot.name})\n"]
         results[dataset] = {
-            row.label: {key: dict(zip(("mean", "std", "n"), row.stat(key), strict=True))
-                        for key, *_ in TEST_COLUMNS}
+            row.label: {key: _stat(row.stat(key)) for key, *_ in TEST_COLUMNS}
             | {"params": row.first("student_params"),
                "latency_ms": row.runs[0]["latency_ms"] if row.runs else None}
             for row in rows
@@ -98,3 +97,9 @@ def run_demo(output: str | Path = "runs/demo", *, quick: bool = False, seeds: in
         console.print(f"results: {output / 'results.md'}, plots: {output}/*.png "
                       f"({elapsed:.0f} s)")
     return results
+
+
+def _stat(stat: tuple[float, float, int]) -> dict[str, Any]:
+    """JSON-safe mean/std/n (None where no run measured the metric)."""
+    mean, std, n = stat
+    return {"mean": mean if n else None, "std": std if n else None, "n": n}
