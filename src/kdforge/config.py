@@ -109,6 +109,7 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the student (CUDA)")
     log_every: int = Field(10, gt=0, description="steps between progress updates")
+    tensorboard: bool = Field(False, description="also write TensorBoard events")
 
 
 class RunConfig(_Strict):

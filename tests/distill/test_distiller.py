@@ -18,9 +18,9 @@ def test_parts_are_weighted_and_sum_to_loss():
     out = d(x, y)
     assert set(out.parts) == {"ce", "kd"}
     assert torch.allclose(out.loss, out.parts["ce"] + out.parts["kd"])
-    ce = CE()(out.student, None, Batch(x, y))
+    ce = CE()(out.student_outputs, None, Batch(x, y))
     assert torch.allclose(out.parts["ce"], 0.1 * ce)
-    assert out.teacher is not None and out.student.logits.shape == (6, 4)
+    assert out.teacher_outputs is not None and out.student_outputs.logits.shape == (6, 4)
 
 
 def test_teacher_frozen_and_eval_whatever_train_is_called():

@@ -140,3 +140,9 @@ def test_fp16_on_cpu_is_refused():
     with pytest.raises(ConfigError, match="bf16"):
         Trainer(Distiller(TinyNet()), data.train, num_classes=4,
                 train=TrainConfig(device="cpu", precision="fp16"))
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    cfg = parse_config(synthetic_config(tmp_path, train={"epochs": 1, "tensorboard": True}))
+    result = api.train(cfg, verbose=False)
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))

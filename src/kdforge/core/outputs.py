@@ -75,14 +75,14 @@ class StepResult:
     Attributes:
         loss: the scalar to back-propagate: the weighted sum of the loss terms.
         parts: each term's weighted contribution by name (they sum to ``loss``).
-        student: the student's outputs (logits and tapped features).
-        teacher: the teacher's outputs, or None when training without a teacher.
+        student_outputs: the student's outputs (logits and tapped features).
+        teacher_outputs: the teacher's outputs, or None when training without a teacher.
     """
 
     loss: Tensor
     parts: dict[str, Tensor]
-    student: Outputs
-    teacher: Outputs | None = None
+    student_outputs: Outputs
+    teacher_outputs: Outputs | None = None
 
 
 def to_outputs(raw: Any, features: Mapping[str, Tensor] | None = None) -> Outputs:

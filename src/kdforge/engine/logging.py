@@ -47,6 +47,30 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
 
+class TensorBoardLog:
+    """Mirrors each epoch record into TensorBoard event files in ``run_dir/tensorboard``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from kdforge.core.errors import ConfigError
+
+            raise ConfigError(
+                "train.tensorboard needs the tensorboard package: pip install 'kdforge[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def append(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():

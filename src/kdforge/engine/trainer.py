@@ -33,7 +33,7 @@ from kdforge.engine.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from kdforge.engine.logging import MetricsLog, ProgressReporter
+from kdforge.engine.logging import MetricsLog, ProgressReporter, TensorBoardLog
 from kdforge.engine.metrics import evaluate
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -236,10 +236,11 @@ class Trainer:
         Returns the per-epoch records (also in ``metrics.jsonl``).
         """
         self._setup()
-        log = None
+        log = board = None
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             log = MetricsLog(self.run_dir)
+            board = TensorBoardLog(self.run_dir) if self.cfg.tensorboard else None
         if resume:
             if self.run_dir is None:
                 raise CheckpointError("resume needs a run directory")
@@ -262,12 +263,16 @@ class Trainer:
                 self.history.append(record)
                 if log is not None:
                     log.append(record)
+                if board is not None:
+                    board.append(record)
                 self._save()
                 progress.end_epoch(record)
                 for callback in self.callbacks:
                     callback(self, record)
         finally:
             progress.close()
+            if board is not None:
+                board.close()
         if self.run_dir is not None and self.env.is_main:
             save_weights(self.distiller.student, self.run_dir / WEIGHTS)
         distributed.barrier()
