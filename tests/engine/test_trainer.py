@@ -9,6 +9,7 @@ from kdforge import CE, KD, Distiller, NonFiniteLossError, Trainer, api
 from kdforge.config import ScheduleConfig, TrainConfig, parse_config
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.data import load_dataset
+from kdforge.data.loaders import first_batch
 from kdforge.engine.trainer import lr_factor
 from kdforge.models import create_model
 from tests.conftest import TinyNet, synthetic_config
@@ -146,3 +147,42 @@ def test_tensorboard_events_are_written(tmp_path):
     cfg = parse_config(synthetic_config(tmp_path, train={"epochs": 1, "tensorboard": True}))
     result = api.train(cfg, verbose=False)
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_adapters_built_on_the_first_batch_are_trained():
+    from kdforge.losses.base import LossTerm
+
+    class Hint(LossTerm):
+        name = "hint"
+
+        def __init__(self):
+            super().__init__()
+            self.regressor = None
+
+        def student_features(self):
+            return ["conv"]
+
+        def teacher_features(self):
+            return ["conv"]
+
+        def setup(self, student, teacher, batch):
+            s, t = student.feature("conv"), teacher.feature("conv")
+            self.regressor = torch.nn.Conv2d(s.shape[1], t.shape[1], 1)
+
+        def forward(self, student, teacher, batch):
+            s = self.regressor(student.features["conv"])
+            return (s - teacher.features["conv"]).pow(2).mean()
+
+    data = image_data()
+    term = Hint()
+    distiller = Distiller(TinyNet(width=4), TinyNet(width=6), [CE(), term])
+    distiller.prepare(first_batch(data.train, 8))
+    regressor = term.regressor
+    assert regressor is not None and regressor.out_channels == 6
+    before = regressor.weight.detach().clone()
+    trainer = Trainer(distiller, data.train, None, num_classes=4, batch_size=16,
+                      train=TrainConfig(epochs=1, device="cpu"), verbose=False)
+    trainer.fit()
+    assert term.regressor is regressor  # built once, not rebuilt by the trainer
+    assert any(p is regressor.weight for p in trainer.params)
+    assert not torch.equal(before, regressor.weight)

@@ -165,8 +165,9 @@ class Trainer:
         if self.cfg.channels_last:
             d.student.to(memory_format=torch.channels_last)
         # Shapes are checked, and learnable adapters built, before the optimizer exists.
-        probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
-        d.prepare(self._prepare_inputs(probe))
+        if not d.prepared:
+            probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
+            d.prepare(self._prepare_inputs(probe))
         if self.cfg.compile:
             d.student.compile()
         self.params = list(d.trainable_parameters())
