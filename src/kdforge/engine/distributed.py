@@ -41,6 +41,8 @@ def init(device: torch.device) -> DistEnv:
     """Join the process group when launched by torchrun; return this process's place."""
     env = env_from_torchrun()
     if env.distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return env
