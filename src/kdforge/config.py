@@ -80,6 +80,8 @@ class LossConfig(_Named):
 
     name: str
     weight: float = Field(1.0, ge=0.0)
+    start_epoch: float = Field(0.0, ge=0.0, description="weight is 0 before this epoch")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="then ramps linearly to weight")
 
 
 class OptimConfig(_Strict):

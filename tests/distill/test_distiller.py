@@ -92,3 +92,30 @@ def test_prepare_does_not_touch_batchnorm_statistics():
     d.prepare(Batch(torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,))))
     for k, v in d.student.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_weight_schedule_warms_up_with_progress():
+    from kdforge.losses.base import WeightSchedule
+
+    sched = WeightSchedule(start_epoch=2, warmup_epochs=4)
+    assert [sched.factor(e) for e in (0, 1.9, 2, 4, 6, 10)] == [0, 0, 0, 0.5, 1, 1]
+    d = make(terms=[CE(), KD(weight=2.0).scheduled(warmup_epochs=20)])
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,))
+    d.eval()
+    d.progress = 5.0
+    quarter = d(x, y).parts["kd"]
+    d.progress = 40.0
+    full = d(x, y).parts["kd"]
+    assert torch.allclose(quarter * 4, full)
+    d.progress = 0.0
+    zero = d(x, y)
+    assert zero.parts["kd"].item() == 0.0 and zero.parts["kd"].requires_grad
+    with pytest.raises(ConfigError, match=">= 0"):
+        WeightSchedule(warmup_epochs=-1)
+
+
+def test_build_loss_takes_schedule_options():
+    from kdforge import build_loss
+
+    term = build_loss("kd", weight=0.5, T=2, warmup_epochs=20)
+    assert term.weight_at(10) == pytest.approx(0.25)

@@ -186,3 +186,45 @@ def test_adapters_built_on_the_first_batch_are_trained():
     assert term.regressor is regressor  # built once, not rebuilt by the trainer
     assert any(p is regressor.weight for p in trainer.params)
     assert not torch.equal(before, regressor.weight)
+
+
+def test_trainer_sets_progress_and_pretrains_terms_once(tmp_path):
+    from kdforge.losses.base import LossTerm
+
+    class Recorder(LossTerm):
+        name = "recorder"
+        needs_pretraining = True
+
+        def __init__(self):
+            super().__init__(weight=0.0)
+            self.pretrained_batches = 0
+            self.progress_seen = []
+
+        def pretrain(self, teacher_outputs):
+            for out in teacher_outputs():
+                assert not out.logits.requires_grad
+                self.pretrained_batches += 1
+
+        def forward(self, student, teacher, batch):
+            return student.logits.sum() * 0
+
+    data = image_data()  # 64 samples, batch 16: 4 steps per epoch
+    term = Recorder()
+    distiller = Distiller(TinyNet(), TinyNet(), [CE(), term])
+    seen = []
+    original = distiller.step
+
+    def spy(batch):
+        seen.append(distiller.progress)
+        return original(batch)
+
+    distiller.step = spy
+    trainer = Trainer(distiller, data.train, None, num_classes=4, batch_size=16,
+                      train=TrainConfig(epochs=2, device="cpu"), run_dir=tmp_path, verbose=False)
+    trainer.fit()
+    assert term.pretrained_batches == 4
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    Trainer(distiller, data.train, None, num_classes=4, batch_size=16,
+            train=TrainConfig(epochs=2, device="cpu"), run_dir=tmp_path,
+            verbose=False).fit(resume=True)
+    assert term.pretrained_batches == 4  # not again on resume

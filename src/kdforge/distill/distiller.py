@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,9 @@ class Distiller(nn.Module):
         if teacher is not None:
             teacher.require_features(_union(t.teacher_features() for t in terms))
         self.prepared = False
+        #: Training progress in epochs (fractional); term weight schedules read it. The
+        #: trainer sets it every step; in your own loop set ``distiller.progress = epoch``.
+        self.progress = 0.0
 
     # -- modes and parameters -------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
@@ -99,7 +102,9 @@ class Distiller(nn.Module):
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for name, term in zip(self.part_names, self.terms, strict=True):
-            value = term(student_out, teacher_out, batch) * term.weight
+            # Always computed, even at weight 0, so every parameter takes part in each step
+            # (DistributedDataParallel expects that).
+            value = term(student_out, teacher_out, batch) * term.weight_at(self.progress)
             parts[name] = value
             total = value if total is None else total + value
         assert total is not None
@@ -127,6 +132,18 @@ class Distiller(nn.Module):
         for term in self.terms:
             term.setup(student_out, teacher_out, batch)
         self.prepared = True
+
+
+    def pretrain_terms(self, batches: Callable[[], Iterable[Batch]]) -> None:
+        """Run :meth:`LossTerm.pretrain` of the terms that need it, on the teacher's outputs.
+
+        ``batches()`` returns a fresh pass over the training data (on the right device).
+        """
+        for term in self.terms:
+            if term.needs_pretraining:
+                if self.teacher is None:
+                    raise ConfigError(f"the {term.name!r} loss pretrains on a teacher; give one")
+                term.pretrain(lambda: (self.teach(b) for b in batches()))
 
 
 def _union(groups: Iterable[list[str]]) -> list[str]:

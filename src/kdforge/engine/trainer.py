@@ -142,7 +142,7 @@ class Trainer:
         self.global_step = 0
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def _setup(self, pretrain: bool = True) -> None:
         self.env = distributed.init(self.device)
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -168,6 +168,8 @@ class Trainer:
         if not d.prepared:
             probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
             d.prepare(self._prepare_inputs(probe))
+        if pretrain:
+            d.pretrain_terms(self._whole_train_set)
         if self.cfg.compile:
             d.student.compile()
         self.params = list(d.trainable_parameters())
@@ -184,6 +186,13 @@ class Trainer:
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(d, device_ids=ids)
+
+    def _whole_train_set(self):
+        """Every training batch in a fixed order, on every rank (for term pretraining;
+        the distributed wrapper then copies rank 0's result to all ranks)."""
+        loader = eval_loader(self.train_data, self.batch_size, num_workers=self.num_workers)
+        for raw in loader:
+            yield self._prepare_inputs(as_device(to_batch(raw), self.device))
 
     def _prepare_inputs(self, batch: Batch) -> Batch:
         if self.cfg.channels_last and batch.inputs.dim() == 4:
@@ -236,7 +245,7 @@ class Trainer:
 
         Returns the per-epoch records (also in ``metrics.jsonl``).
         """
-        self._setup()
+        self._setup(pretrain=not resume)
         log = board = None
         if self.run_dir is not None and self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +298,7 @@ class Trainer:
         start = time.perf_counter()
         pending = 0
         for i, raw in enumerate(self.loader):
+            self.distiller.progress = self.epoch + i / self.steps_per_epoch
             batch = self._prepare_inputs(as_device(to_batch(raw), self.device))
             with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                 enabled=self.autocast_dtype is not None):

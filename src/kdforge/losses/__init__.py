@@ -1,7 +1,20 @@
-"""Loss terms: response (logits), feature and relation knowledge. Each is registered by name."""
+"""Loss terms: response (logits), feature and relation knowledge. Each is registered by name;
+``kdforge list losses`` prints them with their papers."""
 
-from kdforge.losses.base import LOSSES, LossTerm, build_loss, check_logits_match, register_loss
+from kdforge.losses.adapters import Regressor
+from kdforge.losses.base import (
+    LOSSES,
+    LossTerm,
+    WeightSchedule,
+    build_loss,
+    check_logits_match,
+    register_loss,
+)
+from kdforge.losses.contrastive import *  # noqa: F403  (registers the terms)
+from kdforge.losses.feature import *  # noqa: F403
+from kdforge.losses.relation import *  # noqa: F403
+from kdforge.losses.response import *  # noqa: F403
 from kdforge.losses.response import CE, KD, SoftCE
 
-__all__ = ["CE", "KD", "LOSSES", "LossTerm", "SoftCE", "build_loss", "check_logits_match",
-           "register_loss"]
+__all__ = ["CE", "KD", "LOSSES", "LossTerm", "Regressor", "SoftCE", "WeightSchedule",
+           "build_loss", "check_logits_match", "register_loss"]

@@ -9,6 +9,8 @@ the optimizer is created.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -31,6 +33,33 @@ def register_loss(name: str, *, source: str):
     return decorate
 
 
+@dataclass(frozen=True)
+class WeightSchedule:
+    """How a term's weight evolves with training progress (in epochs, fractional).
+
+    The factor is 0 before ``start_epoch``, then rises linearly from 0 to 1 over
+    ``warmup_epochs`` (DKD's warm-up: Zhao et al. 2022 ramp the DKD loss over the first 20
+    epochs), then stays 1. The default schedule is the constant 1.
+    """
+
+    start_epoch: float = 0.0
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.start_epoch < 0 or self.warmup_epochs < 0:
+            raise ConfigError(
+                f"start_epoch and warmup_epochs must be >= 0, got {self.start_epoch}, "
+                f"{self.warmup_epochs}"
+            )
+
+    def factor(self, epoch: float) -> float:
+        if epoch < self.start_epoch:
+            return 0.0
+        if self.warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, (epoch - self.start_epoch) / self.warmup_epochs)
+
+
 class LossTerm(nn.Module):
     """One term of the distillation objective.
 
@@ -50,6 +79,19 @@ class LossTerm(nn.Module):
         if not weight >= 0:
             raise ConfigError(f"{self.name}: weight must be >= 0, got {weight}")
         self.weight = float(weight)
+        self.schedule = WeightSchedule()
+
+    def scheduled(self, start_epoch: float = 0.0, warmup_epochs: float = 0.0) -> LossTerm:
+        """Give the term a weight schedule (see :class:`WeightSchedule`); returns ``self``.
+
+        >>> term = KD(T=4, weight=0.9).scheduled(warmup_epochs=20)   # doctest: +SKIP
+        """
+        self.schedule = WeightSchedule(start_epoch, warmup_epochs)
+        return self
+
+    def weight_at(self, epoch: float) -> float:
+        """The effective weight after ``epoch`` (fractional) epochs of training."""
+        return self.weight * self.schedule.factor(epoch)
 
     def student_features(self) -> list[str]:
         """Module names of the student whose outputs this term reads."""
@@ -63,6 +105,18 @@ class LossTerm(nn.Module):
         """Check shapes (and build learnable adapters) from a first batch, before training.
 
         Raise :class:`ShapeMismatchError` naming both shapes when the term cannot take them.
+        """
+
+    #: True for terms whose own parameters must be fitted on the teacher before the student
+    #: trains (factor transfer's paraphraser); the trainer then calls :meth:`pretrain`.
+    needs_pretraining: ClassVar[bool] = False
+
+    def pretrain(self, teacher_outputs: Callable[[], Iterable[Outputs]]) -> None:
+        """Fit the term's own parameters on the teacher, before the student's training.
+
+        ``teacher_outputs()`` returns a fresh pass over the training set: the teacher's
+        ``Outputs`` (with this term's teacher features) batch by batch, on the training
+        device. Called once, after :meth:`setup`, and not again when a run resumes.
         """
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
@@ -89,9 +143,13 @@ def check_logits_match(term: str, student: Outputs, teacher: Outputs | None) -> 
         )
 
 
-def build_loss(name: str, **options: Any) -> LossTerm:
-    """Create the term registered as ``name``; unknown options raise ``ConfigError``."""
-    return call_with_checked_kwargs("loss term", name, LOSSES.get(name), options)
+def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
+               **options: Any) -> LossTerm:
+    """Create the term registered as ``name`` (with a weight schedule); unknown options raise
+    ``ConfigError`` naming the allowed ones."""
+    term = call_with_checked_kwargs("loss term", name, LOSSES.get(name), options)
+    return term.scheduled(start_epoch, warmup_epochs)
 
 
-__all__ = ["LOSSES", "LossTerm", "build_loss", "check_logits_match", "register_loss"]
+__all__ = ["LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",
+           "register_loss"]

@@ -1,0 +1,3 @@
+"""Feature knowledge: loss terms (filled in by the method-zoo issue)."""
+
+__all__: list[str] = []
