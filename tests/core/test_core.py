@@ -91,3 +91,17 @@ def test_registry_lookup_and_errors():
 def test_closest_always_suggests_something():
     assert closest("layer3", ["layer1", "layer2", "fc"])[0] in ("layer1", "layer2")
     assert closest("zzz", ["a", "b"]) == ["a", "b"]
+
+
+def test_feature_tap_can_collect_a_module_input():
+    net = TinyNet()
+    with FeatureTap(net, ["relu@input", "relu"]) as tap:
+        x = torch.randn(2, 1, 8, 8)
+        net(x)
+        feats = tap.pop()
+    pre = net.bn(net.conv(x))
+    assert torch.allclose(feats["relu@input"], pre)
+    assert torch.allclose(feats["relu"], pre.relu())
+    assert (feats["relu@input"] < 0).any()
+    with pytest.raises(ConfigError, match="after '@'"):
+        FeatureTap(net, ["relu@grad"])

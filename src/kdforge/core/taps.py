@@ -24,7 +24,9 @@ class FeatureTap:
     Args:
         model: any ``nn.Module``.
         names: module paths as in ``model.named_modules()``. A wrong name raises
-            ``ConfigError`` listing the closest valid names.
+            ``ConfigError`` listing the closest valid names. ``"path@input"`` collects the
+            module's (first) input instead of its output, e.g. the pre-activation that enters
+            a block's final ReLU: ``"layer3.0.relu@input"``.
 
     The hooks stay until :meth:`remove` (or the end of a ``with`` block). Features keep
     their autograd graph, so a loss on a student feature back-propagates into the student.
@@ -43,20 +45,23 @@ class FeatureTap:
         """Start collecting the output of module ``name`` (no-op if already tapped)."""
         if name in self.names:
             return
-        if name not in self._modules or name == "":
+        path, _, which = name.partition("@")
+        if which not in ("", "input", "output"):
+            raise ConfigError(f"layer {name!r}: the part after '@' must be 'input' or 'output'")
+        if path not in self._modules or path == "":
             valid = [n for n in self._modules if n]
             raise ConfigError(
-                unknown_name_message(f"layer of {type(self.model).__name__}", name, valid)
+                unknown_name_message(f"layer of {type(self.model).__name__}", path, valid)
                 + ". Layer names are those of model.named_modules(); "
                 "`kdforge list layers MODEL` prints them."
             )
-        module = self._modules[name]
-        self._handles.append(module.register_forward_hook(self._hook(name)))
+        module = self._modules[path]
+        self._handles.append(module.register_forward_hook(self._hook(name, which == "input")))
         self.names.append(name)
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, take_input: bool):
         def hook(module: nn.Module, inputs, output) -> None:
-            self._store[name] = first_tensor(output)
+            self._store[name] = first_tensor(inputs if take_input else output)
 
         return hook
 

@@ -38,12 +38,16 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
+        # The block's last activation is a module, so the pre-activation sum (used by
+        # activation-boundary and pre-ReLU feature distillation) can be tapped as
+        # "layerN.i.relu@input".
+        self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return self.relu(out + shortcut)
 
 
 class CifarResNet(nn.Module):
