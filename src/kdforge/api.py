@@ -97,7 +97,8 @@ def _one_teacher(t: TeacherConfig, num_classes: int, input_shape: tuple[int, ...
 
 def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
     return [build_loss(loss.name, weight=loss.weight, start_epoch=loss.start_epoch,
-                       warmup_epochs=loss.warmup_epochs, **loss.options) for loss in losses]
+                       warmup_epochs=loss.warmup_epochs, stop_epoch=loss.stop_epoch,
+                       **loss.options) for loss in losses]
 
 
 def build_distiller(cfg: RunConfig, data: Data) -> Distiller:

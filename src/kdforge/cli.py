@@ -38,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=["test", "val"], default="test")
 
+    bench = sub.add_parser("bench", help="run a benchmark and write its results to files")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    grid = bench_sub.add_parser("grid", help="every method on every teacher/student pair")
+    grid.add_argument("--grid", default="benchmarks/grid.yaml", help="grid definition")
+    grid.add_argument("--results", default="benchmarks/results", help="where results go")
+    grid.add_argument("--methods", help="comma-separated subset of the grid's methods")
+    grid.add_argument("--pairs", help="comma-separated subset of the grid's pairs")
+    grid.add_argument("--seeds", type=int, help="use only the first N seeds")
+    grid.add_argument("--epochs", type=int, help="override every pair's epochs (smoke runs)")
+
     demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
     demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
     demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
@@ -86,6 +96,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
+        return 0
+    if args.command == "bench":
+        from kdforge.bench import run_grid
+
+        split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
+        run_grid(args.grid, results=args.results, methods=split(args.methods),
+                 pairs=split(args.pairs), seeds=args.seeds, epochs=args.epochs)
+        print(f"results: {args.results}/grid.md, {args.results}/grid.json")
         return 0
     if args.command == "demo":
         from kdforge.demo import run_demo

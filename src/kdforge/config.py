@@ -82,6 +82,7 @@ class LossConfig(_Named):
     weight: float = Field(1.0, ge=0.0)
     start_epoch: float = Field(0.0, ge=0.0, description="weight is 0 before this epoch")
     warmup_epochs: float = Field(0.0, ge=0.0, description="then ramps linearly to weight")
+    stop_epoch: float | None = Field(None, gt=0.0, description="weight is 0 from this epoch")
 
 
 class OptimConfig(_Strict):

@@ -112,6 +112,10 @@ def test_weight_schedule_warms_up_with_progress():
     assert zero.parts["kd"].item() == 0.0 and zero.parts["kd"].requires_grad
     with pytest.raises(ConfigError, match=">= 0"):
         WeightSchedule(warmup_epochs=-1)
+    init_stage = WeightSchedule(stop_epoch=5)
+    assert [init_stage.factor(e) for e in (0, 4.9, 5, 9)] == [1, 1, 0, 0]
+    with pytest.raises(ConfigError, match="must come after"):
+        WeightSchedule(start_epoch=3, stop_epoch=2)
 
 
 def test_build_loss_takes_schedule_options():

@@ -165,6 +165,8 @@ class Trainer:
         if self.cfg.channels_last:
             d.student.to(memory_format=torch.channels_last)
         # Shapes are checked, and learnable adapters built, before the optimizer exists.
+        for term in d.terms:
+            term.bind_dataset_size(len(self.train_data))  # type: ignore[arg-type]
         if not d.prepared:
             probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
             d.prepare(self._prepare_inputs(probe))

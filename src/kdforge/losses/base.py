@@ -39,11 +39,15 @@ class WeightSchedule:
 
     The factor is 0 before ``start_epoch``, then rises linearly from 0 to 1 over
     ``warmup_epochs`` (DKD's warm-up: Zhao et al. 2022 ramp the DKD loss over the first 20
-    epochs), then stays 1. The default schedule is the constant 1.
+    epochs), then stays 1 until ``stop_epoch`` (if given), after which it is 0 again. The
+    last expresses the initialisation stages of activation-boundary and FSP distillation:
+    the feature term alone first, then the labels (``ce`` with ``start_epoch``). The default
+    schedule is the constant 1.
     """
 
     start_epoch: float = 0.0
     warmup_epochs: float = 0.0
+    stop_epoch: float | None = None
 
     def __post_init__(self) -> None:
         if self.start_epoch < 0 or self.warmup_epochs < 0:
@@ -51,9 +55,15 @@ class WeightSchedule:
                 f"start_epoch and warmup_epochs must be >= 0, got {self.start_epoch}, "
                 f"{self.warmup_epochs}"
             )
+        if self.stop_epoch is not None and self.stop_epoch <= self.start_epoch:
+            raise ConfigError(
+                f"stop_epoch ({self.stop_epoch}) must come after start_epoch ({self.start_epoch})"
+            )
 
     def factor(self, epoch: float) -> float:
         if epoch < self.start_epoch:
+            return 0.0
+        if self.stop_epoch is not None and epoch >= self.stop_epoch:
             return 0.0
         if self.warmup_epochs <= 0:
             return 1.0
@@ -81,12 +91,13 @@ class LossTerm(nn.Module):
         self.weight = float(weight)
         self.schedule = WeightSchedule()
 
-    def scheduled(self, start_epoch: float = 0.0, warmup_epochs: float = 0.0) -> LossTerm:
+    def scheduled(self, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
+                  stop_epoch: float | None = None) -> LossTerm:
         """Give the term a weight schedule (see :class:`WeightSchedule`); returns ``self``.
 
         >>> term = KD(T=4, weight=0.9).scheduled(warmup_epochs=20)   # doctest: +SKIP
         """
-        self.schedule = WeightSchedule(start_epoch, warmup_epochs)
+        self.schedule = WeightSchedule(start_epoch, warmup_epochs, stop_epoch)
         return self
 
     def weight_at(self, epoch: float) -> float:
@@ -106,6 +117,9 @@ class LossTerm(nn.Module):
 
         Raise :class:`ShapeMismatchError` naming both shapes when the term cannot take them.
         """
+
+    def bind_dataset_size(self, num_samples: int) -> None:
+        """Told the training set's size before :meth:`setup` (memory banks need it)."""
 
     #: True for terms whose own parameters must be fitted on the teacher before the student
     #: trains (factor transfer's paraphraser); the trainer then calls :meth:`pretrain`.
@@ -144,11 +158,11 @@ def check_logits_match(term: str, student: Outputs, teacher: Outputs | None) -> 
 
 
 def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
-               **options: Any) -> LossTerm:
+               stop_epoch: float | None = None, **options: Any) -> LossTerm:
     """Create the term registered as ``name`` (with a weight schedule); unknown options raise
     ``ConfigError`` naming the allowed ones."""
     term = call_with_checked_kwargs("loss term", name, LOSSES.get(name), options)
-    return term.scheduled(start_epoch, warmup_epochs)
+    return term.scheduled(start_epoch, warmup_epochs, stop_epoch)
 
 
 __all__ = ["LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",

@@ -1,0 +1,199 @@
+"""``kdforge bench``: benchmarks whose results are written to files, never asserted by tests.
+
+``grid`` runs every distillation method of ``benchmarks/grid.yaml`` on every teacher/student
+pair for several seeds and writes ``grid.json`` and ``grid.md`` (mean and spread of test
+accuracy, gain over the student trained alone, agreement, KL, time per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdforge import api
+from kdforge.config import parse_config
+from kdforge.core.errors import ConfigError, KDForgeError
+from kdforge.report.tables import mean_std
+
+GRID_METRICS = ("accuracy", "agreement", "kl")
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {str(path)!r} does not exist (see benchmarks/grid.yaml)")
+    grid = yaml.safe_load(path.read_text())
+    for key in ("pairs", "methods"):
+        if not isinstance(grid.get(key), dict) or not grid[key]:
+            raise ConfigError(f"{path}: needs a non-empty '{key}' mapping")
+    return grid
+
+
+class NotApplicable(Exception):
+    """A method template names a layer role the pair does not define."""
+
+
+def resolve_layers(template: Any, layers: dict[str, dict[str, Any]]) -> Any:
+    """Replace ``$role.side`` strings (``side`` in student/teacher/students/teachers)."""
+    if isinstance(template, dict):
+        return {k: resolve_layers(v, layers) for k, v in template.items()}
+    if isinstance(template, list):
+        return [resolve_layers(v, layers) for v in template]
+    if isinstance(template, str) and template.startswith("$"):
+        role, _, side = template[1:].partition(".")
+        if role not in layers:
+            raise NotApplicable(f"the pair defines no '{role}' layers")
+        value = layers[role][side.rstrip("s")]
+        want_list = side.endswith("s")
+        if want_list and not isinstance(value, list):
+            value = [value]
+        if not want_list and isinstance(value, list):
+            raise ConfigError(f"${role}.{side} is a list; use ${role}.{side}s")
+        return value
+    return template
+
+
+def _run_config(grid: dict, pair: dict, name: str, seed: int, output: Path,
+                student: dict, losses: list, teacher_run: Path | None, epochs: int) -> Any:
+    cfg = {
+        "name": name, "seed": seed, "output_dir": str(output),
+        "data": pair["data"], "student": student, "losses": losses,
+        "optim": grid.get("optim", {}), "schedule": grid.get("schedule", {}),
+        "train": {"epochs": epochs, "device": grid.get("device", "auto"),
+                  "eval_every": max(1, epochs // 4)},
+    }
+    if teacher_run is not None:
+        cfg["teacher"] = {"run": str(teacher_run)}
+    return parse_config(cfg)
+
+
+def run_grid(path: str | Path = "benchmarks/grid.yaml", *, results: str | Path | None = None,
+             methods: Sequence[str] | None = None, pairs: Sequence[str] | None = None,
+             seeds: int | None = None, epochs: int | None = None, verbose: bool = True
+             ) -> dict[str, Any]:
+    """Run the grid; return and write (``results``/grid.json, grid.md) its results."""
+    grid = load_grid(path)
+    output = Path(grid.get("output_dir", "runs/grid"))
+    seed_list = list(grid.get("seeds", [0]))[: seeds or None]
+    chosen_pairs = _select("pair", grid["pairs"], pairs)
+    chosen_methods = _select("method", grid["methods"], methods)
+    out: dict[str, Any] = {"grid": str(path), "seeds": seed_list, "pairs": {}}
+    start = time.perf_counter()
+    teachers: dict[str, Any] = {}  # pairs that share data, teacher and epochs share the run
+    for pair_name in chosen_pairs:
+        pair = grid["pairs"][pair_name]
+        n_epochs = epochs or pair["epochs"]
+        pair_out = output / pair_name
+        t0 = time.perf_counter()
+        key = json.dumps([pair["data"], pair["teacher"], n_epochs], sort_keys=True)
+        if key not in teachers:
+            teacher_cfg = _run_config(grid, pair, f"teacher-{len(teachers)}", 0,
+                                      output / "teachers", pair["teacher"], [{"name": "ce"}],
+                                      None, n_epochs)
+            teachers[key] = api.train(teacher_cfg, overwrite=True, verbose=False)
+        teacher = teachers[key]
+        record: dict[str, Any] = {
+            "teacher": {"model": pair["teacher"]["name"], "params": teacher.summary["student_params"],
+                        "accuracy": teacher.summary["test"]["accuracy"],
+                        "time_s": time.perf_counter() - t0},
+            "student": {"model": pair["student"]["name"]}, "epochs": n_epochs, "methods": {}}
+        if verbose:
+            print(f"[{pair_name}] teacher {pair['teacher']['name']}: test accuracy "
+                  f"{100 * teacher.summary['test']['accuracy']:.1f}%", flush=True)
+        for method in chosen_methods:
+            record["methods"][method] = _run_method(
+                grid, pair, pair_name, method, seed_list, pair_out, teacher.run_dir, n_epochs,
+                verbose)
+        out["pairs"][pair_name] = record
+    out["total_time_s"] = time.perf_counter() - start
+    if results is not None:
+        results = Path(results)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "grid.json").write_text(json.dumps(out, indent=2) + "\n")
+        (results / "grid.md").write_text(grid_markdown(out))
+    return out
+
+
+def _select(kind: str, available: dict, chosen: Sequence[str] | None) -> list[str]:
+    if not chosen:
+        return list(available)
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        raise ConfigError(f"unknown {kind}(s) {unknown}; the grid has {list(available)}")
+    return list(chosen)
+
+
+def _run_method(grid: dict, pair: dict, pair_name: str, method: str, seeds: list[int],
+                output: Path, teacher_run: Path, epochs: int, verbose: bool) -> dict[str, Any]:
+    try:
+        losses = resolve_layers(grid["methods"][method], pair.get("layers", {}))
+    except NotApplicable as exc:
+        return {"status": "n/a", "reason": str(exc)}
+    needs_teacher = method != "baseline"
+    runs = []
+    for seed in seeds:
+        try:
+            cfg = _run_config(grid, pair, f"{method}-seed{seed}", seed, output, pair["student"],
+                              losses, teacher_run if needs_teacher else None, epochs)
+            result = api.train(cfg, overwrite=True, verbose=False)
+        except KDForgeError as exc:
+            return {"status": "error", "reason": str(exc)}
+        except Exception as exc:  # a bug: record it with its traceback, keep the grid going
+            return {"status": "error", "reason": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()}
+        summary = result.summary
+        runs.append({"seed": seed, **{k: summary["test"].get(k) for k in GRID_METRICS},
+                     "epoch_time_s": summary["train_time_s"] / max(1, summary["epochs"])})
+        if verbose:
+            print(f"[{pair_name}] {method:10s} seed {seed}: test accuracy "
+                  f"{100 * summary['test']['accuracy']:.1f}%", flush=True)
+    stats = {}
+    for key in (*GRID_METRICS, "epoch_time_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        mean, std, n = mean_std(values)
+        stats[key] = {"mean": mean if n else None, "std": std if n else None, "n": n}
+    return {"status": "ok", "runs": runs, **stats}
+
+
+def grid_markdown(out: dict[str, Any]) -> str:
+    lines = ["# Method grid\n",
+             f"Test metrics of the final epoch, mean ± std over seeds {out['seeds']}; gain is "
+             "the difference of mean test accuracy to the student trained alone (baseline). "
+             f"Total time {out['total_time_s'] / 60:.1f} min.\n"]
+    for pair_name, record in out["pairs"].items():
+        t = record["teacher"]
+        lines.append(f"\n## {pair_name}: {t['model']} ({t['params']:,} params, test "
+                     f"{100 * t['accuracy']:.1f}%) -> {record['student']['model']}, "
+                     f"{record['epochs']} epochs\n")
+        lines.append("| method | test acc % | gain | agree % | KL(T‖S) | s/epoch |")
+        lines.append("|---|---|---|---|---|---|")
+        base = record["methods"].get("baseline", {})
+        base_acc = base.get("accuracy", {}).get("mean") if base.get("status") == "ok" else None
+        for method, m in record["methods"].items():
+            if m["status"] != "ok":
+                reason = m["reason"].splitlines()[0][:90]
+                lines.append(f"| {method} | {m['status']}: {reason} | | | | |")
+                continue
+            acc = m["accuracy"]
+            gain = ("" if base_acc is None or method == "baseline"
+                    else f"{100 * (acc['mean'] - base_acc):+.1f}")
+            lines.append(
+                f"| {method} | {_pm(acc, 100, 1)} | {gain} | {_pm(m['agreement'], 100, 1)} | "
+                f"{_pm(m['kl'], 1, 3)} | {m['epoch_time_s']['mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(stat: dict[str, Any], scale: float, decimals: int) -> str:
+    if not stat or stat.get("mean") is None or (isinstance(stat["mean"], float)
+                                                and math.isnan(stat["mean"])):
+        return "-"
+    if stat["n"] == 1:
+        return f"{stat['mean'] * scale:.{decimals}f}"
+    return f"{stat['mean'] * scale:.{decimals}f} ± {stat['std'] * scale:.{decimals}f}"
