@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdforge: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
+    finally:
+        from kdforge.engine.distributed import shutdown
+
+        shutdown()  # leave the torchrun process group cleanly (no abort at exit)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -96,6 +96,20 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
     return 1.0
 
 
+def _skip_synced_buffers(distiller: Distiller) -> None:
+    """Keep DDP from re-broadcasting buffers that terms already keep identical on all ranks.
+
+    A term lists such buffers in ``synced_buffers`` (CRD's memory banks: every rank applies
+    the same all-gathered update). Broadcasting them before each forward would be correct
+    but would send the whole bank every step.
+    """
+    names = [f"terms.{i}.{name}" for i, term in enumerate(distiller.terms)
+             for name in getattr(term, "synced_buffers", ())]
+    ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if names and ignore is not None:
+        ignore(distiller, names)
+
+
 class Trainer:
     """Trains the student of a :class:`Distiller` and writes the run directory.
 
@@ -187,6 +201,7 @@ class Trainer:
         self.model: nn.Module = d
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            _skip_synced_buffers(d)
             self.model = DistributedDataParallel(d, device_ids=ids)
 
     def _whole_train_set(self):
