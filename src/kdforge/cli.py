@@ -104,9 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from kdforge.bench import run_grid
 
-        split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
-        run_grid(args.grid, results=args.results, methods=split(args.methods),
-                 pairs=split(args.pairs), seeds=args.seeds, epochs=args.epochs)
+        run_grid(args.grid, results=args.results, methods=_names(args.methods),
+                 pairs=_names(args.pairs), seeds=args.seeds, epochs=args.epochs)
         print(f"results: {args.results}/grid.md, {args.results}/grid.json")
         return 0
     if args.command == "demo":
@@ -115,6 +114,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_demo(args.output, quick=args.quick, seeds=args.seeds)
         return 0
     raise AssertionError(args.command)
+
+
+def _names(value: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; None stays None (everything)."""
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
 def _usage(message: str) -> KDForgeError:
