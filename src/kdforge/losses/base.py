@@ -9,7 +9,7 @@ the optimizer is created.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -157,6 +157,54 @@ def check_logits_match(term: str, student: Outputs, teacher: Outputs | None) -> 
         )
 
 
+LAYER_HELP = ("module paths as in model.named_modules(); `kdforge list layers MODEL` "
+               "prints them")
+
+
+def layer_pairs(term: str, student_layer: str | None = None, teacher_layer: str | None = None,
+                student_layers: Sequence[str] | str | None = None,
+                teacher_layers: Sequence[str] | str | None = None,
+                *, lists: str = "either") -> tuple[list[str], list[str]]:
+    """Resolve the layer options of a term into two equally long lists of names.
+
+    ``lists`` is ``"no"`` (one layer per side), ``"yes"`` (lists only) or ``"either"``.
+    """
+    single = student_layer is not None or teacher_layer is not None
+    multi = student_layers is not None or teacher_layers is not None
+    if single and multi:
+        raise ConfigError(
+            f"{term}: give either student_layer/teacher_layer or student_layers/teacher_layers, "
+            "not both"
+        )
+    if lists == "yes" or (lists == "either" and multi):
+        if student_layers is None or teacher_layers is None:
+            raise ConfigError(
+                f"{term}: name the layers it compares: student_layers=[...] and "
+                f"teacher_layers=[...] ({LAYER_HELP})"
+            )
+        s = [student_layers] if isinstance(student_layers, str) else list(student_layers)
+        t = [teacher_layers] if isinstance(teacher_layers, str) else list(teacher_layers)
+        for names, which in ((s, "student_layers"), (t, "teacher_layers")):
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"{term}: {which} must be a non-empty list of layer names")
+        if len(s) != len(t):
+            raise ConfigError(
+                f"{term}: student_layers has {len(s)} names and teacher_layers {len(t)}; "
+                f"they are compared pairwise, so give as many on each side ({s} vs {t})"
+            )
+        return s, t
+    if student_layer is None or teacher_layer is None:
+        hint = " (or student_layers/teacher_layers lists)" if lists == "either" else ""
+        raise ConfigError(
+            f"{term}: name the layers it compares: student_layer='...' and "
+            f"teacher_layer='...'{hint} ({LAYER_HELP})"
+        )
+    for name, which in ((student_layer, "student_layer"), (teacher_layer, "teacher_layer")):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{term}: {which} must be a layer name, got {name!r}")
+    return [student_layer], [teacher_layer]
+
+
 def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
                stop_epoch: float | None = None, **options: Any) -> LossTerm:
     """Create the term registered as ``name`` (with a weight schedule); unknown options raise
@@ -165,5 +213,5 @@ def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.
     return term.scheduled(start_epoch, warmup_epochs, stop_epoch)
 
 
-__all__ = ["LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",
-           "register_loss"]
+__all__ = ["LAYER_HELP", "LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",
+           "layer_pairs", "register_loss"]

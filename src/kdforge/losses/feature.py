@@ -24,21 +24,15 @@ from torch import Tensor, nn
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, describe, match_spatial
-from kdforge.losses.base import LossTerm, register_loss
+from kdforge.losses.base import LossTerm, layer_pairs, register_loss
 
 # -- shared helpers ------------------------------------------------------------------------------
 
 
 def _single_layer(term: str, student_layer: str | None, teacher_layer: str | None
                   ) -> tuple[str, str]:
-    if not isinstance(student_layer, str) or not isinstance(teacher_layer, str):
-        raise ConfigError(
-            f"{term}: name one layer per side, e.g. student_layer='blocks.1', "
-            f"teacher_layer='blocks.1' (module names as in model.named_modules(); "
-            f"`kdforge list layers MODEL` prints them); got student_layer={student_layer!r}, "
-            f"teacher_layer={teacher_layer!r}"
-        )
-    return student_layer, teacher_layer
+    s, t = layer_pairs(term, student_layer, teacher_layer, lists="no")
+    return s[0], t[0]
 
 
 def _layer_lists(term: str, student_layers: Sequence[str] | str | None,
@@ -46,34 +40,7 @@ def _layer_lists(term: str, student_layers: Sequence[str] | str | None,
                  student_layer: str | None = None, teacher_layer: str | None = None
                  ) -> tuple[list[str], list[str]]:
     """Both sides' layer names as two lists of the same length (one pair per position)."""
-    single = student_layer is not None or teacher_layer is not None
-    multi = student_layers is not None or teacher_layers is not None
-    if single and multi:
-        raise ConfigError(
-            f"{term}: give either student_layer/teacher_layer or student_layers/"
-            "teacher_layers, not both"
-        )
-    if single:
-        s, t = _single_layer(term, student_layer, teacher_layer)
-        return [s], [t]
-    if student_layers is None or teacher_layers is None:
-        raise ConfigError(
-            f"{term}: name the layers to compare on both sides, e.g. student_layers="
-            "['blocks.0', 'blocks.1'], teacher_layers=['blocks.0', 'blocks.1'] (module names "
-            "as in model.named_modules(); `kdforge list layers MODEL` prints them)"
-        )
-    s_list = [student_layers] if isinstance(student_layers, str) else list(student_layers)
-    t_list = [teacher_layers] if isinstance(teacher_layers, str) else list(teacher_layers)
-    if not all(isinstance(n, str) for n in s_list + t_list):
-        raise ConfigError(f"{term}: layer names must be strings; got {s_list} and {t_list}")
-    if len(s_list) != len(t_list):
-        raise ConfigError(
-            f"{term}: student_layers has {len(s_list)} names {s_list} but teacher_layers has "
-            f"{len(t_list)} {t_list}; they are compared pairwise, so give as many on each side"
-        )
-    if not s_list:
-        raise ConfigError(f"{term}: student_layers and teacher_layers are empty; name a layer")
-    return s_list, t_list
+    return layer_pairs(term, student_layer, teacher_layer, student_layers, teacher_layers)
 
 
 def _features(term: str, student: Outputs, teacher: Outputs | None, s_names: list[str],

@@ -10,7 +10,6 @@ paper works on feature maps (FSP, ICKD).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,58 +18,13 @@ from torch import Tensor
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, as_embedding, describe, match_spatial
-from kdforge.losses.base import LossTerm, register_loss
-
-_LAYER_HELP = ("module paths as in model.named_modules(); `kdforge list layers MODEL` "
-               "prints them")
+from kdforge.losses.base import LossTerm, layer_pairs, register_loss
 
 
 def _float32(x: Tensor) -> torch.autocast:
     """A context that turns autocast off: the Gram matrices, distances and kernels here
     lose too much to cancellation in bf16/fp16, so they are computed in float32."""
     return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def _layer_options(term: str, student_layer: str | None, teacher_layer: str | None,
-                   student_layers: Sequence[str] | None, teacher_layers: Sequence[str] | None,
-                   *, lists: str) -> tuple[list[str], list[str]]:
-    """Resolve the layer options of a term into two equally long lists of names.
-
-    ``lists`` is ``"no"`` (one layer per side), ``"yes"`` (lists only) or ``"either"``.
-    """
-    single = student_layer is not None or teacher_layer is not None
-    multi = student_layers is not None or teacher_layers is not None
-    if single and multi:
-        raise ConfigError(
-            f"{term}: give either student_layer/teacher_layer or student_layers/teacher_layers, "
-            "not both"
-        )
-    if lists == "yes" or (lists == "either" and multi):
-        if student_layers is None or teacher_layers is None:
-            raise ConfigError(
-                f"{term}: name the layers it compares: student_layers=[...] and "
-                f"teacher_layers=[...] ({_LAYER_HELP})"
-            )
-        s, t = list(student_layers), list(teacher_layers)
-        for names, which in ((s, "student_layers"), (t, "teacher_layers")):
-            if not names or not all(isinstance(n, str) and n for n in names):
-                raise ConfigError(f"{term}: {which} must be a non-empty list of layer names")
-        if len(s) != len(t):
-            raise ConfigError(
-                f"{term}: student_layers has {len(s)} names and teacher_layers {len(t)}; "
-                f"they are compared pairwise, so give as many of each ({s} vs {t})"
-            )
-        return s, t
-    if student_layer is None or teacher_layer is None:
-        hint = " (or student_layers/teacher_layers lists)" if lists == "either" else ""
-        raise ConfigError(
-            f"{term}: name the layers it compares: student_layer='...' and "
-            f"teacher_layer='...'{hint} ({_LAYER_HELP})"
-        )
-    for name, which in ((student_layer, "student_layer"), (teacher_layer, "teacher_layer")):
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{term}: {which} must be a layer name, got {name!r}")
-    return [student_layer], [teacher_layer]
 
 
 class _LayerPairTerm(LossTerm):
@@ -147,7 +101,7 @@ class SP(_LayerPairTerm):
                  teacher_layer: str | None = None, student_layers: list[str] | None = None,
                  teacher_layers: list[str] | None = None) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("sp", student_layer, teacher_layer, student_layers,
+        self._init_layers(*layer_pairs("sp", student_layer, teacher_layer, student_layers,
                                           teacher_layers, lists="either"))
 
     def setup(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> None:
@@ -223,7 +177,7 @@ class RKD(_LayerPairTerm):
                  teacher_layer: str | None = None, w_dist: float = 25.0,
                  w_angle: float = 50.0) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("rkd", student_layer, teacher_layer, None, None,
+        self._init_layers(*layer_pairs("rkd", student_layer, teacher_layer, None, None,
                                           lists="no"))
         if not (w_dist >= 0 and w_angle >= 0) or w_dist + w_angle == 0:
             raise ConfigError(
@@ -292,7 +246,7 @@ class PKT(_LayerPairTerm):
     def __init__(self, weight: float = 30000.0, student_layer: str | None = None,
                  teacher_layer: str | None = None, eps: float = 1e-7) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("pkt", student_layer, teacher_layer, None, None,
+        self._init_layers(*layer_pairs("pkt", student_layer, teacher_layer, None, None,
                                           lists="no"))
         if not eps > 0:
             raise ConfigError(f"pkt: eps must be > 0, got {eps}")
@@ -340,7 +294,7 @@ class CC(_LayerPairTerm):
     def __init__(self, weight: float = 0.02, student_layer: str | None = None,
                  teacher_layer: str | None = None, gamma: float = 0.4, P: int = 2) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("cc", student_layer, teacher_layer, None, None,
+        self._init_layers(*layer_pairs("cc", student_layer, teacher_layer, None, None,
                                           lists="no"))
         if not gamma > 0:
             raise ConfigError(f"cc: gamma must be > 0, got {gamma}")
@@ -432,7 +386,7 @@ class FSP(_LayerPairTerm):
     def __init__(self, weight: float = 1.0, student_layers: list[str] | None = None,
                  teacher_layers: list[str] | None = None) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("fsp", None, None, student_layers, teacher_layers,
+        self._init_layers(*layer_pairs("fsp", None, None, student_layers, teacher_layers,
                                           lists="yes"))
         if len(self.student_layers) < 2:
             raise ConfigError(
@@ -514,7 +468,7 @@ class ICKD(_LayerPairTerm):
     def __init__(self, weight: float = 2.5, student_layer: str | None = None,
                  teacher_layer: str | None = None) -> None:
         super().__init__(weight)
-        self._init_layers(*_layer_options("ickd", student_layer, teacher_layer, None, None,
+        self._init_layers(*layer_pairs("ickd", student_layer, teacher_layer, None, None,
                                           lists="no"))
         self.adapter: Regressor | None = None
 
