@@ -20,6 +20,7 @@ from kdforge.config import LossConfig, RunConfig, TeacherConfig, load_config
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.data.datasets import DataSplits, load_dataset, split_train_val
 from kdforge.data.loaders import eval_loader
+from kdforge.data.views import View, build_view
 from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import CHECKPOINT, WEIGHTS, write_json
@@ -101,6 +102,12 @@ def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
                        **loss.options) for loss in losses]
 
 
+def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> View | None:
+    if cfg.view is None:
+        return None
+    return build_view(cfg.view.name, input_shape, num_classes, **cfg.view.options)
+
+
 def build_distiller(cfg: RunConfig, data: Data) -> Distiller:
     k, shape = data.splits.num_classes, data.splits.input_shape
     teacher = build_teacher(cfg, k, shape)
@@ -145,7 +152,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         distiller, data.train, data.val, num_classes=k, optim=cfg.optim, schedule=cfg.schedule,
         train=cfg.train, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
-        verbose=verbose, title=cfg.name,
+        verbose=verbose, title=cfg.name, view=build_run_view(cfg, k, shape),
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume)
@@ -239,12 +246,13 @@ def require_teacher(cfg: RunConfig) -> None:
 def list_registered(kind: str) -> list[tuple[str, str, str]]:
     """``(name, source, summary)`` of every registered model, loss or data set."""
     from kdforge.data.datasets import DATASETS
+    from kdforge.data.views import VIEWS
     from kdforge.losses.base import LOSSES
     from kdforge.models import MODELS
 
-    registry = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS}.get(kind)
+    registry = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS, "views": VIEWS}.get(kind)
     if registry is None:
-        raise ConfigError(f"unknown kind {kind!r}; choose models, losses or datasets")
+        raise ConfigError(f"unknown kind {kind!r}; choose models, losses, datasets or views")
     rows = [(e.name, e.source, e.summary) for e in registry.entries()]
     if kind == "models":
         rows += [("timm:NAME", "Wightman, PyTorch Image Models", "any timm architecture by name"),

@@ -85,8 +85,17 @@ class LossConfig(_Named):
     stop_epoch: float | None = Field(None, gt=0.0, description="weight is 0 from this epoch")
 
 
+class ViewConfig(_Named):
+    """``view:`` what the student and the teacher see (Beyer et al. 2022): ``fixed``,
+    ``independent``, ``consistent`` or ``function_matching``, plus augmentation options
+    (``scale``, ``ratio``, ``flip`` for images; ``scale``, ``flip``, ``noise_std`` for
+    signals; ``alpha``, ``mode``, ``labels`` for function matching)."""
+
+    name: str
+
+
 class OptimConfig(_Strict):
-    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    name: Literal["sgd", "adamw", "adam", "shampoo"] = "sgd"
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
@@ -113,6 +122,7 @@ class TrainConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the student (CUDA)")
     log_every: int = Field(10, gt=0, description="steps between progress updates")
     tensorboard: bool = Field(False, description="also write TensorBoard events")
+    checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints (and last)")
 
 
 class RunConfig(_Strict):
@@ -126,6 +136,7 @@ class RunConfig(_Strict):
     teacher: TeacherConfig | list[TeacherConfig] | None = None
     ensemble: Literal["mean_probs", "mean_logits"] = "mean_probs"
     ensemble_weights: list[float] | None = None
+    view: ViewConfig | None = Field(None, description="augmentation and teaching setting")
     losses: list[LossConfig] = Field(default_factory=lambda: [LossConfig(name="ce")])
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -220,7 +231,7 @@ def _deep_copy(obj: Any) -> Any:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": RunConfig, "data": DataConfig, "student": ModelConfig, "teacher": TeacherConfig,
-    "losses": LossConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+    "losses": LossConfig, "view": ViewConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
 }
 
 

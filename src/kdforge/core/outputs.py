@@ -56,12 +56,15 @@ class Batch:
         targets: ``(B,)`` class indices or ``(B, K)`` class probabilities (mixup), or None.
         teacher_inputs: the teacher's input when it differs from the student's (views).
         index: ``(B,)`` positions of the samples in the data set (memory banks, stores).
+        view: the random parameters a view drew for this batch (crops, flips, mixup), so it
+            can be replayed; None for un-augmented batches.
     """
 
     inputs: Tensor
     targets: Tensor | None = None
     teacher_inputs: Tensor | None = None
     index: Tensor | None = None
+    view: Any = None
 
     @property
     def size(self) -> int:
@@ -130,4 +133,5 @@ def as_device(batch: Batch, device: torch.device | str, non_blocking: bool = Tru
     def move(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(device, non_blocking=non_blocking)
 
-    return Batch(move(batch.inputs), move(batch.targets), move(batch.teacher_inputs), move(batch.index))
+    return Batch(move(batch.inputs), move(batch.targets), move(batch.teacher_inputs),
+                 move(batch.index), batch.view)

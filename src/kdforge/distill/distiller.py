@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -111,8 +112,9 @@ class Distiller(nn.Module):
         return StepResult(total, parts, student_out, teacher_out)
 
     def forward(self, inputs: Tensor, targets: Tensor | None = None, *,
-                teacher_inputs: Tensor | None = None, index: Tensor | None = None) -> StepResult:
-        return self.step(Batch(inputs, targets, teacher_inputs, index))
+                teacher_inputs: Tensor | None = None, index: Tensor | None = None,
+                view: Any = None) -> StepResult:
+        return self.step(Batch(inputs, targets, teacher_inputs, index, view))
 
     @torch.no_grad()
     def prepare(self, batch: Batch) -> None:

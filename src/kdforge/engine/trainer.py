@@ -24,6 +24,7 @@ from kdforge.config import OptimConfig, ScheduleConfig, TrainConfig
 from kdforge.core.errors import CheckpointError, ConfigError, NonFiniteLossError
 from kdforge.core.outputs import Batch, as_device
 from kdforge.data.loaders import eval_loader, first_batch, to_batch, train_loader
+from kdforge.data.views import View
 from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import (
@@ -71,6 +72,15 @@ def build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.o
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
+    if cfg.name == "shampoo":
+        try:
+            from pytorch_optimizer import Shampoo
+        except ImportError:
+            raise ConfigError(
+                "optim.name shampoo needs the pytorch-optimizer package: "
+                "pip install 'kdforge[shampoo]'"
+            ) from None
+        return Shampoo(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
@@ -124,6 +134,8 @@ class Trainer:
         run_dir: where files go (``None``: write nothing).
         callbacks: called as ``callback(trainer, record)`` after each epoch.
         verbose: show progress.
+        view: the teaching setting applied to every training batch on the device (random
+            augmentations drawn from a generator seeded per epoch and rank); None: none.
 
     Files in ``run_dir``: ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt``
     (resumable, written atomically every epoch) and ``model.safetensors`` (final student).
@@ -134,8 +146,10 @@ class Trainer:
                  schedule: ScheduleConfig | None = None, train: TrainConfig | None = None,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
                  seed: int = 0, run_dir: str | Path | None = None,
-                 callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "") -> None:
+                 callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "",
+                 view: View | None = None) -> None:
         self.distiller = distiller
+        self.view = view
         self.train_data, self.val_data = train_data, val_data
         self.num_classes = num_classes
         self.optim_cfg = optim or OptimConfig()
@@ -181,9 +195,10 @@ class Trainer:
         # Shapes are checked, and learnable adapters built, before the optimizer exists.
         for term in d.terms:
             term.bind_dataset_size(len(self.train_data))  # type: ignore[arg-type]
+        self.view_generator = torch.Generator(device=self.device)
         if not d.prepared:
             probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
-            d.prepare(self._prepare_inputs(probe))
+            d.prepare(self._prepare_inputs(self._view(probe)))
         if pretrain:
             d.pretrain_terms(self._whole_train_set)
         if self.cfg.compile:
@@ -210,6 +225,9 @@ class Trainer:
         loader = eval_loader(self.train_data, self.batch_size, num_workers=self.num_workers)
         for raw in loader:
             yield self._prepare_inputs(as_device(to_batch(raw), self.device))
+
+    def _view(self, batch: Batch) -> Batch:
+        return batch if self.view is None else self.view(batch, self.view_generator)
 
     def _prepare_inputs(self, batch: Batch) -> Batch:
         if self.cfg.channels_last and batch.inputs.dim() == 4:
@@ -292,7 +310,8 @@ class Trainer:
                     log.append(record)
                 if board is not None:
                     board.append(record)
-                self._save()
+                if self.epoch % self.cfg.checkpoint_every == 0 or last:
+                    self._save()
                 progress.end_epoch(record)
                 for callback in self.callbacks:
                     callback(self, record)
@@ -306,7 +325,9 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, progress: ProgressReporter) -> dict[str, Any]:
-        seed_everything(epoch_seed(self.seed, self.epoch, self.env.rank))
+        seed = epoch_seed(self.seed, self.epoch, self.env.rank)
+        seed_everything(seed)
+        self.view_generator.manual_seed(seed + 1)
         self.loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
         self.model.train()
         sums: dict[str, Tensor] = {}
@@ -316,11 +337,12 @@ class Trainer:
         pending = 0
         for i, raw in enumerate(self.loader):
             self.distiller.progress = self.epoch + i / self.steps_per_epoch
-            batch = self._prepare_inputs(as_device(to_batch(raw), self.device))
+            batch = self._prepare_inputs(self._view(as_device(to_batch(raw), self.device)))
             with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                 enabled=self.autocast_dtype is not None):
                 result = self.model(batch.inputs, batch.targets,
-                                    teacher_inputs=batch.teacher_inputs, index=batch.index)
+                                    teacher_inputs=batch.teacher_inputs, index=batch.index,
+                                    view=batch.view)
             loss = result.loss
             self.scaler.scale(loss).backward()
             if self.cfg.grad_clip is not None:
