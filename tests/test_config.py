@@ -24,7 +24,7 @@ def test_unknown_key_names_key_and_allowed_keys():
 
 
 def test_bad_value_names_allowed_values():
-    with pytest.raises(ConfigError, match="optim.name: Input should be 'sgd', 'adamw' or 'adam'"):
+    with pytest.raises(ConfigError, match="optim.name: Input should be 'sgd', 'adamw', 'adam' or 'shampoo'"):
         parse_config(BASE, ["optim.name=lbfgs"])
     with pytest.raises(ConfigError, match="train.precision"):
         parse_config(BASE, ["train.precision=fp8"])
