@@ -197,3 +197,121 @@ def _pm(stat: dict[str, Any], scale: float, decimals: int) -> str:
     if stat["n"] == 1:
         return f"{stat['mean'] * scale:.{decimals}f}"
     return f"{stat['mean'] * scale:.{decimals}f} ± {stat['std'] * scale:.{decimals}f}"
+
+
+# -- the patient-and-consistent experiment -----------------------------------------------------
+
+def run_recipes(path: str | Path = "benchmarks/recipes.yaml", *,
+                results: str | Path | None = None, epochs: Sequence[int] | None = None,
+                seeds: int | None = None, settings: Sequence[str] | None = None,
+                verbose: bool = True) -> dict[str, Any]:
+    """Every teaching setting at every schedule length; writes recipes.{json,md,png}."""
+    from kdforge.config import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipes file {str(path)!r} does not exist (see benchmarks/recipes.yaml)")
+    spec = yaml.safe_load(path.read_text())
+    output = Path(spec.get("output_dir", "runs/recipes"))
+    epoch_list = list(epochs or spec["epochs"])
+    seed_list = list(spec.get("seeds", [0]))[: seeds or None]
+    chosen = _select("setting", spec["settings"], settings)
+    start = time.perf_counter()
+    teacher_cfg = load_config(spec["teacher"], [f"output_dir={output}", "name=teacher"])
+    teacher = api.train(teacher_cfg, overwrite=True, verbose=False)
+    if verbose:
+        print(f"teacher: test accuracy {100 * teacher.summary['test']['accuracy']:.1f}%", flush=True)
+    out: dict[str, Any] = {"epochs": epoch_list, "seeds": seed_list,
+                           "teacher_accuracy": teacher.summary["test"]["accuracy"], "settings": {}}
+    for label in chosen:
+        rows: dict[str, Any] = {}
+        for n_epochs in epoch_list:
+            runs = []
+            for seed in seed_list:
+                name = f"{label.replace(' ', '_')}-e{n_epochs}-seed{seed}"
+                cfg = load_config(spec["settings"][label], [
+                    f"output_dir={output}", f"name={name}", f"seed={seed}",
+                    f"train.epochs={n_epochs}", f"teacher.run={teacher.run_dir}",
+                    f"train.eval_every={max(1, n_epochs // 30)}"])
+                result = api.train(cfg, overwrite=True, verbose=False)
+                runs.append({"seed": seed, "run_dir": str(result.run_dir),
+                             "train_time_s": result.summary["train_time_s"],
+                             **{k: result.summary["test"].get(k) for k in GRID_METRICS}})
+                if verbose:
+                    print(f"{label:18s} {n_epochs:5d} epochs seed {seed}: test accuracy "
+                          f"{100 * result.summary['test']['accuracy']:.1f}%, agreement "
+                          f"{100 * result.summary['test']['agreement']:.1f}%", flush=True)
+            rows[str(n_epochs)] = {
+                "runs": runs,
+                **{k: _stat([r[k] for r in runs]) for k in (*GRID_METRICS, "train_time_s")},
+            }
+        out["settings"][label] = rows
+    out["total_time_s"] = time.perf_counter() - start
+    if results is not None:
+        results = Path(results)
+        results.mkdir(parents=True, exist_ok=True)
+        plot = plot_recipes(out, results / "recipes.png")
+        (results / "recipes.json").write_text(json.dumps(out, indent=2) + "\n")
+        (results / "recipes.md").write_text(recipes_markdown(out, plot.name))
+    return out
+
+
+def _stat(values: list[float]) -> dict[str, Any]:
+    mean, std, n = mean_std([v for v in values if v is not None])
+    return {"mean": mean if n else None, "std": std if n else None, "n": n}
+
+
+def recipes_markdown(out: dict[str, Any], plot_name: str) -> str:
+    epochs = out["epochs"]
+    lines = ["# Patient and consistent: teaching settings x schedule length\n",
+             f"mnist1d, MLP student (2 x 100) distilled from a cnn1d teacher (test "
+             f"{100 * out['teacher_accuracy']:.1f}%) with KL at T = 1 only; seeds "
+             f"{out['seeds']}. Total time {out['total_time_s'] / 60:.1f} min.\n",
+             "\nTest accuracy % (agreement with the teacher %):\n",
+             "| setting | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
+             "|---|" + "---|" * len(epochs)]
+    for label, rows in out["settings"].items():
+        cells = []
+        for e in epochs:
+            r = rows[str(e)]
+            cells.append(f"{_pm(r['accuracy'], 100, 1)} ({_pm(r['agreement'], 100, 1)})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"\n![teaching settings]({plot_name})\n")
+    return "\n".join(lines) + "\n"
+
+
+def plot_recipes(out: dict[str, Any], path: Path) -> Path:
+    """Left: final test accuracy vs schedule length. Right: validation agreement with the
+    teacher along the longest schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdforge.report.plots import read_curve
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    longest = str(max(out["epochs"]))
+    for label, rows in out["settings"].items():
+        xs = [int(e) for e in rows]
+        ys = [100 * rows[e]["accuracy"]["mean"] for e in rows]
+        (line,) = left.plot(xs, ys, marker="o", label=label)
+        run_dir = rows[longest]["runs"][0]["run_dir"]
+        epochs, agree = read_curve(run_dir, "val/agreement")
+        right.plot(epochs, 100 * agree, color=line.get_color(), label=label)
+    left.axhline(100 * out["teacher_accuracy"], color="gray", ls="--", label="teacher")
+    left.set_xscale("log")
+    left.set_xlabel("schedule length (epochs)")
+    left.set_ylabel("test accuracy %")
+    left.set_title("final student accuracy")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation agreement with teacher %")
+    right.set_title(f"agreement along the {longest}-epoch schedule")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

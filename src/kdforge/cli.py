@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=int, help="use only the first N seeds")
     grid.add_argument("--epochs", type=int, help="override every pair's epochs (smoke runs)")
 
+    recipes = bench_sub.add_parser("recipes", help="the four teaching settings of Beyer et al. "
+                                   "2022 at several schedule lengths")
+    recipes.add_argument("--spec", default="benchmarks/recipes.yaml", help="experiment definition")
+    recipes.add_argument("--results", default="benchmarks/results", help="where results go")
+    recipes.add_argument("--epochs", help="comma-separated schedule lengths (default: the spec's)")
+    recipes.add_argument("--settings", help="comma-separated subset of the settings")
+    recipes.add_argument("--seeds", type=int, help="use only the first N seeds")
+
     demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
     demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
     demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
@@ -101,6 +109,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
+        return 0
+    if args.command == "bench" and args.bench == "recipes":
+        from kdforge.bench import run_recipes
+
+        epochs = [int(e) for e in _names(args.epochs)] if args.epochs else None
+        run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
+                    settings=_names(args.settings))
+        print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")
         return 0
     if args.command == "bench":
         from kdforge.bench import run_grid
