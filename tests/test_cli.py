@@ -18,6 +18,9 @@ def test_list_prints_registered_things_with_sources(capsys):
     assert "resnet32x4" in out and "timm:NAME" in out
     assert main(["list", "datasets"]) == 0
     assert "mnist1d" in capsys.readouterr().out
+    assert main(["list", "views"]) == 0
+    out = capsys.readouterr().out
+    assert "function_matching" in out and "Beyer" in out
     assert main(["list", "layers", "resnet8", "--set", "input_shape=[1, 8, 8]"]) == 0
     assert "layer3" in capsys.readouterr().out
 

@@ -228,3 +228,13 @@ def test_trainer_sets_progress_and_pretrains_terms_once(tmp_path):
             train=TrainConfig(epochs=2, device="cpu"), run_dir=tmp_path,
             verbose=False).fit(resume=True)
     assert term.pretrained_batches == 4  # not again on resume
+
+
+def test_shampoo_optimizer_trains(tmp_path):
+    cfg = parse_config(synthetic_config(tmp_path, optim={"name": "shampoo", "lr": 0.05},
+                                        train={"epochs": 3}))
+    history = api.train(cfg, verbose=False).summary
+    records = [json.loads(x) for x in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert records[-1]["train/loss"] < records[0]["train/loss"]
+    assert history["val"]["accuracy"] > 0.5
