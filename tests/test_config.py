@@ -42,7 +42,7 @@ def test_missing_section_and_bad_override_syntax():
 
 
 def test_teacher_needs_exactly_one_source():
-    with pytest.raises(ConfigError, match="either 'run'"):
+    with pytest.raises(ConfigError, match="exactly one of .run."):
         parse_config({**BASE, "teacher": {"weights": "x.safetensors"}})
     cfg = parse_config({**BASE, "teacher": [{"run": "a"}, {"run": "b"}],
                         "ensemble": "mean_logits"})

@@ -22,6 +22,7 @@ from kdforge.core import (
     Registry,
     ShapeMismatchError,
     StepResult,
+    StoreError,
     to_outputs,
 )
 from kdforge.data import DATASETS, load_dataset
@@ -29,7 +30,7 @@ from kdforge.distill import Distiller
 from kdforge.engine import Trainer, evaluate
 from kdforge.losses import CE, KD, LOSSES, LossTerm, SoftCE, build_loss, register_loss
 from kdforge.models import MODELS, count_parameters, create_model
-from kdforge.teachers import EnsembleTeacher, ModuleTeacher, Teacher
+from kdforge.teachers import EnsembleTeacher, ModuleTeacher, SoftLabelStore, StoredTeacher, Teacher
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,6 @@ __all__ = [
     "CE", "DATASETS", "KD", "LOSSES", "MODELS", "Batch", "CheckpointError", "ConfigError",
     "DataError", "Distiller", "EnsembleTeacher", "FeatureTap", "KDForgeError", "LossTerm",
     "ModuleTeacher", "NonFiniteLossError", "Outputs", "Registry", "ShapeMismatchError",
-    "SoftCE", "StepResult", "Teacher", "Trainer", "build_loss", "count_parameters",
+    "SoftCE", "SoftLabelStore", "StepResult", "StoreError", "StoredTeacher", "Teacher", "Trainer", "build_loss", "count_parameters",
     "create_model", "evaluate", "load_dataset", "register_loss", "to_outputs",
 ]

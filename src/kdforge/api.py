@@ -31,6 +31,8 @@ from kdforge.models import count_parameters, create_model
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.ensemble import EnsembleTeacher
 from kdforge.teachers.module import ModuleTeacher
+from kdforge.teachers.store import SoftLabelStore
+from kdforge.teachers.stored import StoredTeacher, StoreView
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.json"
@@ -68,6 +70,9 @@ def build_model(name: str, options: dict[str, Any], num_classes: int,
 
 
 def build_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher | None:
+    if any(t.store is not None for t in cfg.teachers) and len(cfg.teachers) > 1:
+        raise ConfigError("a soft-label store is a whole teacher: store ensemble labels in one "
+                          "store (kdforge soft-labels with a list of teachers) instead")
     members = [_one_teacher(t, num_classes, input_shape) for t in cfg.teachers]
     if not members:
         return None
@@ -77,6 +82,8 @@ def build_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]
 
 
 def _one_teacher(t: TeacherConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher:
+    if t.store is not None:
+        return StoredTeacher(SoftLabelStore(t.store), fill=t.fill)
     if t.run is not None:
         run = Path(t.run)
         meta_path = run / MODEL_FILE
@@ -102,10 +109,36 @@ def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
                        **loss.options) for loss in losses]
 
 
-def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> View | None:
+def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...],
+                   teacher: Teacher | None = None) -> View | None:
+    if isinstance(teacher, StoredTeacher):
+        if cfg.view is not None:
+            raise ConfigError("a run that learns from a soft-label store replays the store's own "
+                              "views; remove the 'view' section")
+        return StoreView(teacher.store, input_shape, repeats=cfg.teachers[0].repeats)
     if cfg.view is None:
         return None
     return build_view(cfg.view.name, input_shape, num_classes, **cfg.view.options)
+
+
+def check_store(cfg: RunConfig, data: Data, teacher: Teacher | None) -> Teacher | None:
+    """Refuse a store that does not fit the run (before training); return the teacher that
+    evaluation uses for fidelity metrics: the store's own teacher run when it exists."""
+    if not isinstance(teacher, StoredTeacher):
+        return teacher
+    store = teacher.store
+    store.check_compatible(num_samples=len(data.train), num_classes=data.splits.num_classes,
+                           dataset=cfg.data.name)
+    if list(data.splits.input_shape) != list(store.meta.get("input_shape", data.splits.input_shape)):
+        raise ConfigError(f"the store {store.path} was made for inputs of shape "
+                          f"{store.meta['input_shape']}, the run has {data.splits.input_shape}")
+    if cfg.teachers[0].verify:
+        store.verify()
+    runs = [t.get("run") for t in store.meta.get("teacher", []) if isinstance(t, dict)]
+    if len(runs) == 1 and runs[0] and (Path(runs[0]) / WEIGHTS).is_file():
+        k, shape = data.splits.num_classes, data.splits.input_shape
+        return _one_teacher(TeacherConfig(run=runs[0]), k, shape)
+    return None
 
 
 def build_distiller(cfg: RunConfig, data: Data) -> Distiller:
@@ -148,11 +181,14 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
         write_json(run_dir / MODEL_FILE, {"name": cfg.student.name, "options": cfg.student.options,
                                           "num_classes": k, "input_shape": list(shape)})
+    view = build_run_view(cfg, k, shape, distiller.teacher)
+    eval_teacher = check_store(cfg, data, distiller.teacher)
     trainer = Trainer(
         distiller, data.train, data.val, num_classes=k, optim=cfg.optim, schedule=cfg.schedule,
         train=cfg.train, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
-        verbose=verbose, title=cfg.name, view=build_run_view(cfg, k, shape),
+        verbose=verbose, title=cfg.name, view=view,
+        eval_teacher=eval_teacher,
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume)
@@ -214,7 +250,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")
     k, shape = data.splits.num_classes, data.splits.input_shape
     student = build_model(cfg.student.name, cfg.student.options, k, shape, str(run_dir / WEIGHTS))
-    teacher = build_teacher(cfg, k, shape)
+    teacher = check_store(cfg, data, build_teacher(cfg, k, shape))
     device = resolve_device(cfg.train.device)
     student.to(device)
     if teacher is not None:

@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="replace an existing run directory of the same name")
         run.add_argument("--quiet", action="store_true", help="no progress output")
 
+    sl = sub.add_parser("soft-labels", help="run the teacher once over many views and store "
+                        "the soft labels (FKD)")
+    sl.add_argument("config", help="YAML soft-label config")
+    sl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. store.views_per_sample=50")
+    sl.add_argument("--quiet", action="store_true")
+
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model")
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=["test", "val"], default="test")
@@ -106,6 +113,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 api.require_teacher(cfg)
             result = api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet)
         print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]}, indent=2))
+        return 0
+    if args.command == "soft-labels":
+        from kdforge.config import SoftLabelConfig, load_config
+        from kdforge.soft_labels import generate
+
+        cfg = load_config(args.config, args.overrides, kind=SoftLabelConfig)
+        print(json.dumps(generate(cfg, verbose=not args.quiet), indent=2))
         return 0
     if args.command == "evaluate":
         print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))

@@ -56,22 +56,29 @@ class ModelConfig(_Named):
 
 
 class TeacherConfig(_Named):
-    """``teacher:`` a trained model: a run directory, or a model plus weights file."""
+    """``teacher:`` a trained model (a run directory, or a model plus weights file), or a
+    soft-label store made by ``kdforge soft-labels`` (the teacher is then never run)."""
 
     run: str | None = Field(None, description="run directory of a trained teacher")
     name: str | None = Field(None, description="model name when not given by run")
     weights: str | None = None
     precision: Precision = "fp32"
+    store: str | None = Field(None, description="soft-label store directory")
+    fill: Literal["smooth", "renorm"] = Field("smooth", description="store: missing mass")
+    repeats: int = Field(1, ge=1, description="store: views per loaded sample in a batch")
+    verify: bool = Field(True, description="store: check every shard's checksum first")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
-        if (self.run is None) == (self.name is None):
+        sources = [k for k in ("run", "name", "store") if getattr(self, k) is not None]
+        if len(sources) != 1:
             raise ValueError(
-                "give either 'run' (a trained teacher's run directory) or 'name' and 'weights' "
-                "(a model and its weights file)"
+                "give exactly one of 'run' (a trained teacher's run directory), 'name' and "
+                "'weights' (a model and its weights file), or 'store' (a soft-label store)"
             )
-        if self.run is not None and self.options:
-            raise ValueError(f"with 'run', the teacher takes no model options {sorted(self.options)}")
+        if self.name is None and self.options:
+            raise ValueError(f"with '{sources[0]}', the teacher takes no model options "
+                             f"{sorted(self.options)}")
         return self
 
 
@@ -155,20 +162,55 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+class StoreOptions(_Strict):
+    """``store:`` how ``kdforge soft-labels`` labels and stores views."""
+
+    views_per_sample: int = Field(500, gt=0, description="random views per training sample")
+    top_k: int = Field(5, gt=0, description="classes kept per view")
+    value_format: Literal["uint8", "fp16"] = "uint8"
+    samples_per_shard: int = Field(4096, gt=0)
+    batch_size: int = Field(1024, gt=0, description="views per teacher forward pass")
+
+
+class SoftLabelConfig(_Strict):
+    """``kdforge soft-labels CONFIG``: run the teacher once over many views, store the labels."""
+
+    name: str = "store"
+    seed: int = 0
+    output_dir: str = "stores"
+    data: DataConfig
+    teacher: TeacherConfig | list[TeacherConfig]
+    ensemble: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    ensemble_weights: list[float] | None = None
+    view: ViewConfig = Field(default_factory=lambda: ViewConfig(name="consistent"))
+    store: StoreOptions = Field(default_factory=StoreOptions)
+    device: str = "auto"
+
+    @property
+    def teachers(self) -> list[TeacherConfig]:
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
 # -- loading, overrides and readable errors ---------------------------------------------------
 
-def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Validate a config dict after applying ``key=value`` overrides."""
+def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                 kind: type[BaseModel] | None = None) -> Any:
+    """Validate a config dict (a :class:`RunConfig` unless ``kind`` says otherwise) after
+    applying ``key=value`` overrides."""
     data = _deep_copy(data)
     for item in overrides:
         apply_override(data, item)
     try:
-        return RunConfig.model_validate(data)
+        return (kind or RunConfig).model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, kind or RunConfig)) from None
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
+                kind: type[BaseModel] | None = None) -> Any:
     """Read a YAML config file and validate it (with overrides)."""
     path = Path(path)
     if not path.is_file():
@@ -179,7 +221,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
-    return parse_config(data, overrides)
+    return parse_config(data, overrides, kind)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -231,11 +273,12 @@ def _deep_copy(obj: Any) -> Any:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": RunConfig, "data": DataConfig, "student": ModelConfig, "teacher": TeacherConfig,
-    "losses": LossConfig, "view": ViewConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+    "losses": LossConfig, "view": ViewConfig, "store": StoreOptions, "optim": OptimConfig,
+    "schedule": ScheduleConfig, "train": TrainConfig,
 }
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, root: type[BaseModel] = RunConfig) -> str:
     """One line per problem: the dotted key, what is wrong, and what is allowed."""
     lines = []
     errors = []
@@ -250,7 +293,7 @@ def format_validation_error(exc: ValidationError) -> str:
             continue
         if err["type"] == "extra_forbidden":
             section = next((p for p in loc[:-1] if p in _SECTIONS), "")
-            allowed = ", ".join(_SECTIONS[section].model_fields)
+            allowed = ", ".join((_SECTIONS[section] if section else root).model_fields)
             where = f"section {section!r}" if section else "the top level"
             lines.append(f"{key}: unknown key; allowed keys in {where}: {allowed}")
         elif err["type"] == "missing":

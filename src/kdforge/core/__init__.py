@@ -7,6 +7,7 @@ from kdforge.core.errors import (
     KDForgeError,
     NonFiniteLossError,
     ShapeMismatchError,
+    StoreError,
 )
 from kdforge.core.outputs import Batch, Outputs, StepResult, to_outputs
 from kdforge.core.registry import Registry
@@ -24,5 +25,6 @@ __all__ = [
     "Registry",
     "ShapeMismatchError",
     "StepResult",
+    "StoreError",
     "to_outputs",
 ]

@@ -31,6 +31,10 @@ class CheckpointError(KDForgeError):
     """A checkpoint or run directory cannot be read, or does not match the run."""
 
 
+class StoreError(KDForgeError):
+    """A soft-label store is missing, corrupt, or does not match the run that reads it."""
+
+
 class NonFiniteLossError(KDForgeError, FloatingPointError):
     """The loss became NaN or infinite during training."""
 

@@ -36,6 +36,7 @@ from kdforge.engine.checkpoint import (
 )
 from kdforge.engine.logging import MetricsLog, ProgressReporter, TensorBoardLog
 from kdforge.engine.metrics import evaluate
+from kdforge.teachers.stored import StoredTeacher
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
@@ -136,6 +137,8 @@ class Trainer:
         verbose: show progress.
         view: the teaching setting applied to every training batch on the device (random
             augmentations drawn from a generator seeded per epoch and rank); None: none.
+        eval_teacher: the teacher fidelity is measured against ("auto": the distiller's,
+            unless it is a soft-label store, which has no labels for held-out data).
 
     Files in ``run_dir``: ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt``
     (resumable, written atomically every epoch) and ``model.safetensors`` (final student).
@@ -147,9 +150,13 @@ class Trainer:
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
                  seed: int = 0, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "",
-                 view: View | None = None) -> None:
+                 view: View | None = None, eval_teacher: nn.Module | None | str = "auto") -> None:
         self.distiller = distiller
         self.view = view
+        if eval_teacher == "auto":  # a stored teacher has no labels for held-out data
+            teacher = distiller.teacher
+            eval_teacher = None if isinstance(teacher, StoredTeacher) else teacher
+        self.eval_teacher = eval_teacher
         self.train_data, self.val_data = train_data, val_data
         self.num_classes = num_classes
         self.optim_cfg = optim or OptimConfig()
@@ -190,6 +197,8 @@ class Trainer:
             raise ConfigError("the training set is empty or smaller than one batch")
 
         d = self.distiller.to(self.device)
+        if self.eval_teacher is not None:
+            self.eval_teacher.to(self.device)
         if self.cfg.channels_last:
             d.student.to(memory_format=torch.channels_last)
         # Shapes are checked, and learnable adapters built, before the optimizer exists.
@@ -394,7 +403,7 @@ class Trainer:
     def evaluate(self, loader) -> dict[str, float]:
         """Metrics of the student (and fidelity to the teacher) on ``loader``."""
         return evaluate(self.distiller.student, loader, num_classes=self.num_classes,
-                        teacher=self.distiller.teacher, device=self.device,
+                        teacher=self.eval_teacher, device=self.device,
                         autocast_dtype=self.autocast_dtype)
 
     def evaluate_dataset(self, dataset: Dataset) -> dict[str, float]:

@@ -97,7 +97,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdforge.core.errors import KDForgeError
+from kdforge.core.errors import StoreError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -127,10 +127,6 @@ _MAX_SAMPLES = 2**32 - 1  # sample ids (and mixup partners) are uint32
 _MAX_VIEWS = 2**30  # view ids enter view_seed as 30 bits
 _GRID_TOLERANCE = 1e-3  # in units of the grid step: float32 rounding of j / 255 is ~1e-5
 _POSITIVE_LOGP_TOLERANCE = 1e-5  # rounding of log_softmax may give tiny positive values
-
-
-class StoreError(KDForgeError):
-    """A soft-label store is missing, corrupt, inconsistent or does not match the run."""
 
 
 # --- quantisation of the view parameters ---------------------------------------------------
