@@ -215,13 +215,20 @@ def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],
         "losses": [loss.name for loss in cfg.losses],
         "epochs": trainer.epoch,
         "train_time_s": train_time,
-        "samples_per_s": sum(r["samples_per_s"] for r in history) / max(1, len(history)),
+        "samples_per_s": _steady_rate(history),
         "latency_ms": measure_latency(d.student, example, device=trainer.device),
         "latency_batch": cfg.data.batch_size,
         "val": {k[4:]: v for k, v in last.items() if k.startswith("val/")},
         "test": test,
     }
     return summary
+
+
+def _steady_rate(history: list[dict[str, Any]]) -> float:
+    """Mean training throughput over the epochs after the first (which warms up)."""
+    rates = [r["samples_per_s"] for r in history]
+    rates = rates[1:] if len(rates) > 1 else rates
+    return sum(rates) / max(1, len(rates))
 
 
 def resume(run_dir: str | Path, *, verbose: bool = True) -> RunResult:

@@ -233,7 +233,7 @@ def run_recipes(path: str | Path = "benchmarks/recipes.yaml", *,
                     f"output_dir={output}", f"name={name}", f"seed={seed}",
                     f"train.epochs={n_epochs}", f"teacher.run={teacher.run_dir}",
                     f"train.eval_every={max(1, n_epochs // 30)}"])
-                result = _finished(cfg) or api.train(cfg, overwrite=True, verbose=False)
+                result = finished_run(cfg) or api.train(cfg, overwrite=True, verbose=False)
                 runs.append({"seed": seed, "run_dir": str(result.run_dir),
                              "train_time_s": result.summary["train_time_s"],
                              **{k: result.summary["test"].get(k) for k in GRID_METRICS}})
@@ -256,7 +256,7 @@ def run_recipes(path: str | Path = "benchmarks/recipes.yaml", *,
     return out
 
 
-def _finished(cfg: Any) -> api.RunResult | None:
+def finished_run(cfg: Any) -> api.RunResult | None:
     """A run of exactly this config that already finished (benchmarks resume for free)."""
     run_dir = api.run_dir_of(cfg)
     summary, config = run_dir / api.SUMMARY_FILE, run_dir / api.CONFIG_FILE

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     recipes.add_argument("--settings", help="comma-separated subset of the settings")
     recipes.add_argument("--seeds", type=int, help="use only the first N seeds")
 
+    store = bench_sub.add_parser("store", help="a soft-label store (FKD) vs online KD and "
+                                 "training alone: throughput, generation rate, bytes, accuracy")
+    store.add_argument("--spec", default="benchmarks/store.yaml", help="experiment definition")
+    store.add_argument("--results", default="benchmarks/results", help="where results go")
+    store.add_argument("--epochs", type=int, help="override the students' epochs (smoke runs)")
+
     demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
     demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
     demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
@@ -131,6 +137,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
                     settings=_names(args.settings))
         print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")
+        return 0
+    if args.command == "bench" and args.bench == "store":
+        from kdforge.bench_store import run_store_bench
+
+        run_store_bench(args.spec, results=args.results, epochs=args.epochs)
+        print(f"results: {args.results}/store.md, {args.results}/store.json")
         return 0
     if args.command == "bench":
         from kdforge.bench import run_grid

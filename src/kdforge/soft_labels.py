@@ -130,6 +130,7 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     if env.is_main:
         writer.close()
     stats = {"path": str(path), "views": labelled, "seconds": elapsed,
+             "teacher_seconds": teacher_time,
              "views_per_s": labelled / max(elapsed, 1e-9),
              "bytes_per_view": layout.bytes_per_view,
              "skipped_shards": writer.num_shards - len(pending)}

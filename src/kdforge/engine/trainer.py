@@ -179,9 +179,6 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------------
     def _setup(self, pretrain: bool = True) -> None:
         self.env = distributed.init(self.device)
-        if self.cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
         seed_everything(self.seed)
         self.loader = train_loader(self.train_data, self.batch_size, seed=self.seed,
                                    rank=self.env.rank, world_size=self.env.world_size,
@@ -289,6 +286,19 @@ class Trainer:
 
         Returns the per-epoch records (also in ``metrics.jsonl``).
         """
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled(),
+                    torch.backends.cudnn.benchmark)
+        if self.cfg.deterministic:  # for this run only; restored when fit returns
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            return self._fit(resume)
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+            torch.backends.cudnn.benchmark = previous[2]
+
+    def _fit(self, resume: bool) -> list[dict[str, Any]]:
         self._setup(pretrain=not resume)
         log = board = None
         if self.run_dir is not None and self.env.is_main:
