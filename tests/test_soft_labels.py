@@ -110,3 +110,23 @@ def test_fixed_view_store_holds_one_label_per_sample_and_cli(tmp_path, teacher, 
     assert store.views_per_sample == 1 and store.layout.view_kind == "none"
     assert main(["soft-labels", str(path), "--set", "view.name=independent"]) == 2
     assert "consistent" in capsys.readouterr().err
+
+
+def test_second_teacher_labels_the_same_views(tmp_path, teacher):
+    first = generate(store_config(tmp_path, teacher), verbose=False)
+    other = api.train(parse_config(synthetic_config(tmp_path, name="teacher2", seed=5,
+                                                    student={"name": "mlp"})),
+                      verbose=False).run_dir
+    cfg = store_config(tmp_path, other, name="store2", seed=99,
+                       store={"views_per_sample": 4, "top_k": 3, "samples_per_shard": 40,
+                              "views_from": first["path"]})
+    second = generate(cfg, verbose=False)
+    a, b = SoftLabelStore(first["path"]), SoftLabelStore(second["path"])
+    samples, views = torch.arange(96).repeat_interleave(4), torch.arange(4).repeat(96)
+    ra, rb = a.read(samples, views), b.read(samples, views)
+    assert torch.equal(ra.crop, rb.crop) and torch.equal(ra.flip, rb.flip)
+    assert b.meta["views_from"] == first["path"] and b.meta["store_seed"] == a.meta["store_seed"]
+    bad = store_config(tmp_path, other, name="store3",
+                       store={"views_per_sample": 2, "views_from": first["path"]})
+    with pytest.raises(Exception, match="views per sample"):
+        generate(bad, verbose=False)

@@ -170,6 +170,8 @@ class StoreOptions(_Strict):
     value_format: Literal["uint8", "fp16"] = "uint8"
     samples_per_shard: int = Field(4096, gt=0)
     batch_size: int = Field(1024, gt=0, description="views per teacher forward pass")
+    views_from: str | None = Field(None, description="label the views of this existing store "
+                                   "(same samples and geometry: ensemble labels)")
 
 
 class SoftLabelConfig(_Strict):

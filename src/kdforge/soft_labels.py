@@ -15,6 +15,7 @@ section trains on (after the validation split), so sample ``i`` of the store is 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from kdforge.data.augment import make_augment
 from kdforge.engine import distributed
 from kdforge.engine.trainer import resolve_device
 from kdforge.teachers.store import (
+    SoftLabelStore,
     SoftLabelStoreWriter,
     StoreLayout,
     quantize_crop,
@@ -94,6 +96,8 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     fixed = cfg.view.name == "fixed"
     augment = None if fixed else make_augment(shape, **cfg.view.options)
     views = 1 if fixed else cfg.store.views_per_sample
+    source = _views_source(cfg, len(data.train), views, augment)
+    seed = int(source.meta["store_seed"]) if source is not None else cfg.seed
     layout = StoreLayout(
         num_samples=len(data.train), views_per_sample=views, num_classes=k_classes,
         top_k=min(cfg.store.top_k, k_classes), value_format=cfg.store.value_format,
@@ -105,8 +109,9 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
                     "options": cfg.data.options, "val_fraction": cfg.data.val_fraction},
         "view": {"name": cfg.view.name,
                  "augment": augment.config() if augment is not None else None},
-        "store_seed": cfg.seed,
+        "store_seed": seed,
         "input_shape": list(shape),
+        "views_from": str(source.path) if source is not None else None,
     }
     path = store_path(cfg)
     writer = SoftLabelStoreWriter(path, layout, meta, cfg.store.samples_per_shard)
@@ -118,7 +123,7 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     for shard in mine:
         lo, hi = writer.shard_samples(shard)
         records, seconds = _label_shard(writer, teacher, data.train, lo, hi, views, augment,
-                                        cfg, device)
+                                        cfg, device, seed, source)
         writer.write_shard(shard, records)
         labelled += (hi - lo) * views
         teacher_time += seconds
@@ -141,13 +146,32 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     return stats
 
 
+def _views_source(cfg: SoftLabelConfig, num_samples: int, views: int,
+                  augment) -> SoftLabelStore | None:
+    """The store whose views are to be labelled again (``store.views_from``), checked."""
+    if cfg.store.views_from is None:
+        return None
+    source = SoftLabelStore(cfg.store.views_from)
+    source.check_compatible(num_samples=num_samples, dataset=cfg.data.name)
+    mine = {"name": cfg.view.name, "augment": augment.config() if augment is not None else None}
+    theirs = source.meta.get("view")
+    if source.views_per_sample != views or json.dumps(mine, sort_keys=True) != json.dumps(
+            theirs, sort_keys=True):
+        raise ConfigError(
+            f"store.views_from: {source.path} holds {source.views_per_sample} views per sample "
+            f"of view {theirs}; this config asks for {views} of {mine}. Use the same view "
+            "section and views_per_sample"
+        )
+    return source
+
+
 def _label_shard(writer: SoftLabelStoreWriter, teacher, train, lo: int, hi: int, views: int,
-                 augment, cfg: SoftLabelConfig, device: torch.device
-                 ) -> tuple[np.ndarray, float]:
+                 augment, cfg: SoftLabelConfig, device: torch.device, seed: int,
+                 source: SoftLabelStore | None) -> tuple[np.ndarray, float]:
     """Records of all views of samples [lo, hi), ordered (sample, view)."""
     per_chunk = max(1, cfg.store.batch_size // views)
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(view_seed(cfg.seed, torch.tensor([lo]), torch.tensor([0]))[0]))
+    generator.manual_seed(int(view_seed(seed, torch.tensor([lo]), torch.tensor([0]))[0]))
     parts = []
     teacher_time = 0.0
     for first in range(lo, hi, per_chunk):
@@ -159,10 +183,13 @@ def _label_shard(writer: SoftLabelStoreWriter, teacher, train, lo: int, hi: int,
         crop = flip = None
         if augment is not None:
             x = x.repeat_interleave(views, 0)
-            params = augment.sample(x.shape[0], generator, device)
-            params.crop = quantize_crop(params.crop)
+            if source is not None:  # the same geometry as the source store, view for view
+                params = source.read(samples, view_ids).to(device).augment_params()
+            else:
+                params = augment.sample(x.shape[0], generator, device)
+                params.crop = quantize_crop(params.crop)
             if params.noise_seed is not None or getattr(augment, "noise_std", 0) > 0:
-                params.noise_seed = view_seed(cfg.seed, samples, view_ids).to(device)
+                params.noise_seed = view_seed(seed, samples, view_ids).to(device)
             x = augment.apply(x, params)
             crop, flip = params.crop, params.flip
         t0 = time.perf_counter()
