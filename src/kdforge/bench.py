@@ -1,5 +1,8 @@
 """``kdforge bench``: benchmarks whose results are written to files, never asserted by tests.
 
+A run whose directory already holds a finished run of exactly the same config is reused, so
+an interrupted benchmark resumes where it stopped.
+
 ``grid`` runs every distillation method of ``benchmarks/grid.yaml`` on every teacher/student
 pair for several seeds and writes ``grid.json`` and ``grid.md`` (mean and spread of test
 accuracy, gain over the student trained alone, agreement, KL, time per epoch).
@@ -97,7 +100,8 @@ def run_grid(path: str | Path = "benchmarks/grid.yaml", *, results: str | Path |
             teacher_cfg = _run_config(grid, pair, f"teacher-{len(teachers)}", 0,
                                       output / "teachers", pair["teacher"], [{"name": "ce"}],
                                       None, n_epochs)
-            teachers[key] = api.train(teacher_cfg, overwrite=True, verbose=False)
+            teachers[key] = (finished_run(teacher_cfg)
+                             or api.train(teacher_cfg, overwrite=True, verbose=False))
         teacher = teachers[key]
         record: dict[str, Any] = {
             "teacher": {"model": pair["teacher"]["name"], "params": teacher.summary["student_params"],
@@ -142,7 +146,7 @@ def _run_method(grid: dict, pair: dict, pair_name: str, method: str, seeds: list
         try:
             cfg = _run_config(grid, pair, f"{method}-seed{seed}", seed, output, pair["student"],
                               losses, teacher_run if needs_teacher else None, epochs)
-            result = api.train(cfg, overwrite=True, verbose=False)
+            result = finished_run(cfg) or api.train(cfg, overwrite=True, verbose=False)
         except KDForgeError as exc:
             return {"status": "error", "reason": str(exc)}
         except Exception as exc:  # a bug: record it with its traceback, keep the grid going
