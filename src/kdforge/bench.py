@@ -10,6 +10,7 @@ accuracy, gain over the student trained alone, agreement, KL, time per epoch).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -95,11 +96,14 @@ def run_grid(path: str | Path = "benchmarks/grid.yaml", *, results: str | Path |
         n_epochs = epochs or pair["epochs"]
         pair_out = output / pair_name
         t0 = time.perf_counter()
-        key = json.dumps([pair["data"], pair["teacher"], n_epochs], sort_keys=True)
+        key = json.dumps([pair["data"], pair["teacher"], n_epochs, grid.get("optim"),
+                          grid.get("schedule")], sort_keys=True)
         if key not in teachers:
-            teacher_cfg = _run_config(grid, pair, f"teacher-{len(teachers)}", 0,
-                                      output / "teachers", pair["teacher"], [{"name": "ce"}],
-                                      None, n_epochs)
+            # Named by what it is, so grids run in parallel (or over subsets of the pairs)
+            # share identical teachers and never overwrite each other's.
+            name = f"teacher-{pair['teacher']['name']}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+            teacher_cfg = _run_config(grid, pair, name, 0, output / "teachers",
+                                      pair["teacher"], [{"name": "ce"}], None, n_epochs)
             teachers[key] = (finished_run(teacher_cfg)
                              or api.train(teacher_cfg, overwrite=True, verbose=False))
         teacher = teachers[key]
