@@ -123,3 +123,17 @@ def test_build_loss_takes_schedule_options():
 
     term = build_loss("kd", weight=0.5, T=2, warmup_epochs=20)
     assert term.weight_at(10) == pytest.approx(0.25)
+
+
+def test_lazy_adapters_warn_when_prepare_was_skipped():
+    from kdforge.losses.feature import FitNet
+
+    d = Distiller(TinyNet(), TinyNet(width=6), [FitNet(student_layer="conv", teacher_layer="conv")])
+    with pytest.warns(UserWarning, match="prepare"):
+        d(torch.randn(4, 1, 8, 8))
+    d2 = Distiller(TinyNet(), TinyNet(width=6), [CE(), KD()])
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        d2(torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,)))  # nothing learnable: no warning

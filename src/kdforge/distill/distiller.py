@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -97,7 +98,15 @@ class Distiller(nn.Module):
     def step(self, batch: Batch) -> StepResult:
         """One step's loss for a :class:`Batch`."""
         if not self.prepared:
+            before = sum(1 for _ in self.terms.parameters())
             self.prepare(batch)
+            if sum(1 for _ in self.terms.parameters()) > before:
+                warnings.warn(
+                    "loss terms built learnable adapters on this first batch, after your "
+                    "optimizer was created, so the optimizer does not train them; call "
+                    "distiller.prepare(batch) before building the optimizer",
+                    stacklevel=2,
+                )
         teacher_out = self.teach(batch)
         student_out = self.student_outputs(batch.inputs)
         parts: dict[str, Tensor] = {}
