@@ -174,7 +174,9 @@ def grid_markdown(out: dict[str, Any]) -> str:
     lines = ["# Method grid\n",
              f"Test metrics of the final epoch, mean ± std over seeds {out['seeds']}; gain is "
              "the difference of mean test accuracy to the student trained alone (baseline). "
-             f"Total time {out['total_time_s'] / 60:.1f} min.\n"]
+             f"Training time of all runs: {_training_minutes(out):.1f} min (s/epoch per method "
+             "in the tables; runs reused from an earlier invocation count with their own "
+             "time).\n"]
     for pair_name, record in out["pairs"].items():
         t = record["teacher"]
         lines.append(f"\n## {pair_name}: {t['model']} ({t['params']:,} params, test "
@@ -196,6 +198,15 @@ def grid_markdown(out: dict[str, Any]) -> str:
                 f"| {method} | {_pm(acc, 100, 1)} | {gain} | {_pm(m['agreement'], 100, 1)} | "
                 f"{_pm(m['kl'], 1, 3)} | {m['epoch_time_s']['mean']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _training_minutes(out: dict[str, Any]) -> float:
+    total = 0.0
+    for record in out["pairs"].values():
+        total += record["teacher"].get("time_s", 0.0)
+        for m in record["methods"].values():
+            total += sum(r["epoch_time_s"] * record["epochs"] for r in m.get("runs", []))
+    return total / 60
 
 
 def _pm(stat: dict[str, Any], scale: float, decimals: int) -> str:
