@@ -362,7 +362,7 @@ def _symmetric_beta(alpha: float, generator: torch.Generator | None) -> float:
 _MASK32 = 0xFFFFFFFF
 
 
-def _mul32(a: Tensor, constant: int) -> Tensor:
+def mul32(a: Tensor, constant: int) -> Tensor:
     """``(a * constant) mod 2**32`` for int64 ``a`` in [0, 2**32) without int64 overflow."""
     lo, hi = constant & 0xFFFF, constant >> 16
     return (a * lo + (((a * hi) & 0xFFFF) << 16)) & _MASK32
@@ -371,9 +371,9 @@ def _mul32(a: Tensor, constant: int) -> Tensor:
 def _mix32(x: Tensor) -> Tensor:
     """A 32-bit integer bijection with good avalanche (lowbias32), on int64 in [0, 2**32)."""
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
+    x = mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
+    x = mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
 
 

@@ -98,6 +98,7 @@ import torch
 from torch import Tensor
 
 from kdforge.core.errors import StoreError
+from kdforge.data.augment import mul32
 
 __all__ = [
     "FORMAT_VERSION",
@@ -206,18 +207,12 @@ _M32 = 0xFFFFFFFF
 _M31 = 0x7FFFFFFF
 
 
-def _mul32(a: Tensor, constant: int) -> Tensor:
-    """``(a * constant) mod 2**32`` for int64 ``a`` in [0, 2**32), without int64 overflow."""
-    lo, hi = constant & 0xFFFF, constant >> 16
-    return (a * lo + (((a * hi) & 0xFFFF) << 16)) & _M32
-
-
 def _hash32(x: Tensor) -> Tensor:
     """A 32-bit avalanche mix (murmur3's finaliser) on int64 values in [0, 2**32)."""
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
+    x = mul32(x, 0x85EBCA6B)
     x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
+    x = mul32(x, 0xC2B2AE35)
     return x ^ (x >> 16)
 
 
