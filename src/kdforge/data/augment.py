@@ -465,7 +465,51 @@ def crop_theta(crop: Tensor, flip: Tensor | None = None) -> Tensor:
 # --- augmentations ---------------------------------------------------------------------------
 
 
-class ImageAugment:
+class _CropAugment:
+    """What the image and signal augmentations share: drawing and applying in one call,
+    the un-augmented (centred) view, and a repr from :meth:`config`."""
+
+    #: rank of a batch and its layout, for the input checks
+    _rank: int = 4
+    _layout: str = "(B, C, H, W)"
+    center_crop: float = 1.0
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, generator: torch.Generator | None,
+               device: torch.device | str | None = None) -> AugmentParams:
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+        raise NotImplementedError
+
+    def _center_box(self, c: float) -> list[float]:
+        """The crop of the centred window keeping fraction ``c`` of each axis."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({options})"
+
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, AugmentParams]:
+        """Draw parameters for ``x`` and apply them: ``(augmented, params)``."""
+        _check_input(x, self._rank, self._layout, type(self).__name__)
+        params = self.sample(x.shape[0], generator, x.device)
+        return self.apply(x, params), params
+
+    def center(self, x: Tensor) -> Tensor:
+        """The un-augmented view of ``x``: ``x`` itself, or its centred crop."""
+        _check_input(x, self._rank, self._layout, type(self).__name__)
+        if self.center_crop == 1.0:
+            return x
+        box = torch.tensor(self._center_box(self.center_crop), device=x.device)
+        return self.apply(x, AugmentParams(crop=box.expand(x.shape[0], -1)))
+
+
+class ImageAugment(_CropAugment):
     """Random resized crop + horizontal flip for ``(B, C, H, W)`` image batches.
 
     The crop follows the Inception recipe (Szegedy et al. 2015, as in torchvision's
@@ -512,9 +556,10 @@ class ImageAugment:
             "center_crop": self.center_crop,
         }
 
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({options})"
+    _rank, _layout = 4, "(B, C, H, W)"
+
+    def _center_box(self, c: float) -> list[float]:
+        return [(1 - c) / 2, (1 - c) / 2, c, c]
 
     def sample(
         self,
@@ -571,25 +616,9 @@ class ImageAugment:
         gy = _axis(top, height, h, dtype, None)
         return _resample(x, gx, gy)
 
-    def __call__(
-        self, x: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, AugmentParams]:
-        """Draw parameters for ``x`` (B, C, H, W) and apply them: ``(augmented, params)``."""
-        _check_input(x, 4, "(B, C, H, W)", "ImageAugment")
-        params = self.sample(x.shape[0], generator, x.device)
-        return self.apply(x, params), params
-
-    def center(self, x: Tensor) -> Tensor:
-        """The un-augmented view of ``x`` (B, C, H, W): ``x`` itself, or its centred crop."""
-        _check_input(x, 4, "(B, C, H, W)", "ImageAugment")
-        if self.center_crop == 1.0:
-            return x
-        c = self.center_crop
-        box = torch.tensor([(1 - c) / 2, (1 - c) / 2, c, c], device=x.device)
-        return self.apply(x, AugmentParams(crop=box.expand(x.shape[0], -1)))
 
 
-class SignalAugment:
+class SignalAugment(_CropAugment):
     """Random resized crop, time reversal and Gaussian noise for ``(B, C, L)`` signals.
 
     Made for MNIST-1D (Greydanus 2020) and other 1-D inputs: a window of length fraction
@@ -635,9 +664,10 @@ class SignalAugment:
             "center_crop": self.center_crop,
         }
 
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({options})"
+    _rank, _layout = 3, "(B, C, L)"
+
+    def _center_box(self, c: float) -> list[float]:
+        return [(1 - c) / 2, c]
 
     def sample(
         self,
@@ -684,22 +714,6 @@ class SignalAugment:
             out = out + noise.to(x.dtype) * self.noise_std
         return out
 
-    def __call__(
-        self, x: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, AugmentParams]:
-        """Draw parameters for ``x`` (B, C, L) and apply them: ``(augmented, params)``."""
-        _check_input(x, 3, "(B, C, L)", "SignalAugment")
-        params = self.sample(x.shape[0], generator, x.device)
-        return self.apply(x, params), params
-
-    def center(self, x: Tensor) -> Tensor:
-        """The un-augmented view of ``x`` (B, C, L): ``x`` itself, or its centred window."""
-        _check_input(x, 3, "(B, C, L)", "SignalAugment")
-        if self.center_crop == 1.0:
-            return x
-        c = self.center_crop
-        box = torch.tensor([(1 - c) / 2, c], device=x.device)
-        return self.apply(x, AugmentParams(crop=box.expand(x.shape[0], -1)))
 
 
 class Mixup:
