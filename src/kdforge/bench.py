@@ -122,11 +122,17 @@ def run_grid(path: str | Path = "benchmarks/grid.yaml", *, results: str | Path |
         out["pairs"][pair_name] = record
     out["total_time_s"] = time.perf_counter() - start
     if results is not None:
-        results = Path(results)
-        results.mkdir(parents=True, exist_ok=True)
-        (results / "grid.json").write_text(json.dumps(out, indent=2) + "\n")
-        (results / "grid.md").write_text(grid_markdown(out))
+        write_results(results, "grid", out, grid_markdown(out))
     return out
+
+
+def write_results(results: str | Path, stem: str, out: dict[str, Any], markdown: str) -> Path:
+    """Write a benchmark's ``STEM.json`` and ``STEM.md`` into ``results``; returns the folder."""
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (results / f"{stem}.md").write_text(markdown)
+    return results
 
 
 def _select(kind: str, available: dict, chosen: Sequence[str] | None) -> list[str]:
@@ -267,11 +273,8 @@ def run_recipes(path: str | Path = "benchmarks/recipes.yaml", *,
         out["settings"][label] = rows
     out["total_time_s"] = time.perf_counter() - start
     if results is not None:
-        results = Path(results)
-        results.mkdir(parents=True, exist_ok=True)
-        plot = plot_recipes(out, results / "recipes.png")
-        (results / "recipes.json").write_text(json.dumps(out, indent=2) + "\n")
-        (results / "recipes.md").write_text(recipes_markdown(out, plot.name))
+        plot = plot_recipes(out, Path(results) / "recipes.png")
+        write_results(results, "recipes", out, recipes_markdown(out, plot.name))
     return out
 
 

@@ -35,7 +35,7 @@ import yaml
 from torch import Tensor, nn
 
 from kdforge import api
-from kdforge.bench import finished_run
+from kdforge.bench import finished_run, write_results
 from kdforge.config import SoftLabelConfig, parse_config
 from kdforge.core.errors import ConfigError
 from kdforge.core.outputs import to_outputs
@@ -439,10 +439,7 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
     })
     out["total_time_s"] = time.perf_counter() - start
     if results is not None:
-        results = Path(results)
-        results.mkdir(parents=True, exist_ok=True)
-        (results / "store.json").write_text(json.dumps(out, indent=2) + "\n")
-        (results / "store.md").write_text(store_markdown(out))
+        write_results(results, "store", out, store_markdown(out))
     return out
 
 

@@ -173,6 +173,15 @@ class _ParamsBase:
         return cls(**values)
 
 
+def _check_box(name: str, box: Tensor | None) -> None:
+    """A box field is ``(B, 4)`` (images) or ``(B, 2)`` (signals), or absent."""
+    if box is not None and (box.dim() != 2 or box.shape[1] not in (2, 4)):
+        raise ConfigError(
+            f"{name} must have shape (B, 4) for images or (B, 2) for signals; got "
+            f"{tuple(box.shape)}"
+        )
+
+
 @dataclass
 class AugmentParams(_ParamsBase):
     """The random parameters of one :class:`ImageAugment` or :class:`SignalAugment` draw.
@@ -195,11 +204,7 @@ class AugmentParams(_ParamsBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.crop is not None and (self.crop.dim() != 2 or self.crop.shape[1] not in (2, 4)):
-            raise ConfigError(
-                f"AugmentParams.crop must have shape (B, 4) for images or (B, 2) for signals; "
-                f"got {tuple(self.crop.shape)}"
-            )
+        _check_box("AugmentParams.crop", self.crop)
 
     @classmethod
     def identity(
@@ -237,11 +242,7 @@ class MixParams(_ParamsBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.box is not None and (self.box.dim() != 2 or self.box.shape[1] not in (2, 4)):
-            raise ConfigError(
-                f"MixParams.box must have shape (B, 4) for images or (B, 2) for signals; got "
-                f"{tuple(self.box.shape)}"
-            )
+        _check_box("MixParams.box", self.box)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -368,7 +369,7 @@ def mul32(a: Tensor, constant: int) -> Tensor:
     return (a * lo + (((a * hi) & 0xFFFF) << 16)) & _MASK32
 
 
-def _mix32(x: Tensor) -> Tensor:
+def mix32(x: Tensor) -> Tensor:
     """A 32-bit integer bijection with good avalanche (lowbias32), on int64 in [0, 2**32)."""
     x = x ^ (x >> 16)
     x = mul32(x, 0x7FEB352D)
@@ -387,10 +388,10 @@ def seeded_uniform(seeds: Tensor, n: int) -> Tensor:
     seeds = seeds.to(torch.int64)
     lo = seeds & _MASK32
     hi = (seeds >> 32) & _MASK32
-    key = _mix32(lo ^ _mix32(hi ^ 0x243F6A88))
-    counter = _mix32(torch.arange(n, device=seeds.device, dtype=torch.int64))
-    h = _mix32(key[:, None] ^ counter[None, :])
-    h = _mix32((h + key[:, None]) & _MASK32)
+    key = mix32(lo ^ mix32(hi ^ 0x243F6A88))
+    counter = mix32(torch.arange(n, device=seeds.device, dtype=torch.int64))
+    h = mix32(key[:, None] ^ counter[None, :])
+    h = mix32((h + key[:, None]) & _MASK32)
     return (h.to(torch.float64) + 0.5) * (1.0 / 2**32)
 
 

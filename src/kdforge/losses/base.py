@@ -205,6 +205,22 @@ def layer_pairs(term: str, student_layer: str | None = None, teacher_layer: str 
     return [student_layer], [teacher_layer]
 
 
+def sum_terms(values: Iterable[Tensor]) -> Tensor:
+    """The sum of per-layer-pair values (terms that compare several pairs add them up)."""
+    values = list(values)
+    if not values:
+        raise ConfigError("a loss term compared no layer pairs; name at least one layer")
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
+def layers_repr(student_layers: Sequence[str], teacher_layers: Sequence[str]) -> str:
+    """``student_layers=[...], teacher_layers=[...]`` for ``extra_repr``."""
+    return f"student_layers={list(student_layers)}, teacher_layers={list(teacher_layers)}"
+
+
 def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
                stop_epoch: float | None = None, **options: Any) -> LossTerm:
     """Create the term registered as ``name`` (with a weight schedule); unknown options raise
@@ -214,4 +230,4 @@ def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.
 
 
 __all__ = ["LAYER_HELP", "LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",
-           "layer_pairs", "register_loss"]
+           "layer_pairs", "layers_repr", "register_loss", "sum_terms"]

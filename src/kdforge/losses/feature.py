@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, describe, match_spatial
-from kdforge.losses.base import LossTerm, layer_pairs, register_loss
+from kdforge.losses.base import LossTerm, layer_pairs, layers_repr, register_loss, sum_terms
 
 # -- shared helpers ------------------------------------------------------------------------------
 
@@ -219,13 +219,12 @@ class AT(LossTerm):
         self._pairs(student, teacher)
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
-        total = None
+        values = []
         for s, t in self._pairs(student, teacher):
             s = match_spatial(s.float(), tuple(t.shape[2:]))
             value = (attention_map(s, self.p) - attention_map(t, self.p)).pow(2).mean()
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+            values.append(value)
+        return sum_terms(values)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight:g}, p={self.p:g}, student_layers={self.student_layers}, "
@@ -294,7 +293,7 @@ class NST(LossTerm):
         return (torch.bmm(a, b.transpose(1, 2)) + self.c).pow(self.degree).mean()
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
-        total = None
+        values = []
         for s, t in self._pairs(student, teacher):
             s = match_spatial(s.float(), tuple(t.shape[2:]))
             fs = F.normalize(s.flatten(2), dim=2)
@@ -302,13 +301,12 @@ class NST(LossTerm):
             with torch.autocast(fs.device.type, enabled=False):  # the kernel in float32
                 value = (self._kernel_mean(ft, ft) + self._kernel_mean(fs, fs)
                          - 2 * self._kernel_mean(fs, ft))
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+            values.append(value)
+        return sum_terms(values)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight:g}, degree={self.degree}, c={self.c:g}, "
-                f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}")
+                f"{layers_repr(self.student_layers, self.teacher_layers)}")
 
 
 # -- Factor transfer -----------------------------------------------------------------------------
@@ -573,20 +571,19 @@ class AB(LossTerm):
         assert self.connectors is not None
         ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
         m = self.margin
-        total = None
+        values = []
         for w, connector, s, t in zip(self.layer_weights, self.connectors, ss, ts, strict=True):
             t = _as_map(t).float()
             r = connector(match_spatial(_as_map(s).float(), tuple(t.shape[2:]))).float()
             off = (r + m).pow(2) * ((r > -m) & (t <= 0))
             on = (r - m).pow(2) * ((r <= m) & (t > 0))
             value = w * (off + on).sum() / t.shape[0]
-            total = value if total is None else total + value
-        assert total is not None
-        return AB_SCALE * total
+            values.append(value)
+        return AB_SCALE * sum_terms(values)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight:g}, margin={self.margin:g}, "
-                f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}")
+                f"{layers_repr(self.student_layers, self.teacher_layers)}")
 
 
 # -- Variational information distillation --------------------------------------------------------
@@ -676,19 +673,18 @@ class VID(LossTerm):
         _assert_built(self.name, self.heads)
         assert self.heads is not None
         ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
-        total = None
+        values = []
         for head, s, t in zip(self.heads, ss, ts, strict=True):
             t = _as_map(t).float()
             mu = head.regressor(match_spatial(_as_map(s).float(), tuple(t.shape[2:]))).float()
             var = head.variance().view(1, -1, *([1] * (t.dim() - 2)))
             value = (0.5 * (var.log() + (t - mu).pow(2) / var)).mean()
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+            values.append(value)
+        return sum_terms(values)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight:g}, init_var={self.init_var:g}, eps={self.eps:g}, "
-                f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}")
+                f"{layers_repr(self.student_layers, self.teacher_layers)}")
 
 
 # -- Knowledge review ----------------------------------------------------------------------------
@@ -827,18 +823,17 @@ class ReviewKD(LossTerm):
         _assert_built(self.name, self.abfs)
         assert self.abfs is not None
         ss, ts = self._stages(student, teacher)
-        total = None
+        values = []
         residual = None
         for i in reversed(range(len(ss))):
             out, residual = self.abfs[i](ss[i].float(), residual, tuple(ts[i].shape[2:]))
             value = hierarchical_context_loss(out.float(), ts[i].float())
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+            values.append(value)
+        return sum_terms(values)
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight:g}, mid_channels={self.mid_channels}, "
-                f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}")
+                f"{layers_repr(self.student_layers, self.teacher_layers)}")
 
 
 __all__ = ["AB", "AT", "FT", "NST", "VID", "FitNet", "ReviewKD"]

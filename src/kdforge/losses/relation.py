@@ -18,7 +18,7 @@ from torch import Tensor
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, as_embedding, describe, match_spatial
-from kdforge.losses.base import LossTerm, layer_pairs, register_loss
+from kdforge.losses.base import LossTerm, layer_pairs, layers_repr, register_loss, sum_terms
 
 
 def _float32(x: Tensor) -> torch.autocast:
@@ -66,7 +66,7 @@ class _LayerPairTerm(LossTerm):
         if len(self.student_layers) == 1:
             return (f"student_layer={self.student_layers[0]!r}, "
                     f"teacher_layer={self.teacher_layers[0]!r}")
-        return f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}"
+        return layers_repr(self.student_layers, self.teacher_layers)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}, {self._layers_repr()}"
@@ -108,14 +108,13 @@ class SP(_LayerPairTerm):
         self._check_batch(self._feature_pairs(student, teacher))
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
-        total: Tensor | None = None
+        values = []
         for fs, ft in self._feature_pairs(student, teacher):
             b = fs.shape[0]
             with _float32(fs):
                 value = (_similarity_matrix(fs) - _similarity_matrix(ft)).pow(2).sum() / b**2
-            total = value if total is None else total + value
-        assert total is not None
-        return total
+            values.append(value)
+        return sum_terms(values)
 
 
 # -- RKD ---------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ import torch
 from torch import Tensor
 
 from kdforge.core.errors import StoreError
-from kdforge.data.augment import mul32
+from kdforge.data.augment import mix32
 
 __all__ = [
     "FORMAT_VERSION",
@@ -207,17 +207,8 @@ _M32 = 0xFFFFFFFF
 _M31 = 0x7FFFFFFF
 
 
-def _hash32(x: Tensor) -> Tensor:
-    """A 32-bit avalanche mix (murmur3's finaliser) on int64 values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
 def _hash32_int(x: int) -> int:
-    return int(_hash32(torch.tensor([x & _M32], dtype=torch.int64))[0])
+    return int(mix32(torch.tensor([x & _M32], dtype=torch.int64))[0])
 
 
 def view_seed(store_seed: int, sample: Tensor, view: Tensor) -> Tensor:
@@ -244,7 +235,7 @@ def view_seed(store_seed: int, sample: Tensor, view: Tensor) -> Tensor:
     right = ((sample & 1) << 30) | view
     for round_id in range(4):
         round_key = _hash32_int(key ^ (0x632BE5AB * (round_id + 1)))
-        f = _hash32(_hash32(right ^ round_key) ^ (round_key >> 3)) & _M31
+        f = mix32(mix32(right ^ round_key) ^ (round_key >> 3)) & _M31
         left, right = right, left ^ f
     return (left << 31) | right
 
