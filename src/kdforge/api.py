@@ -163,41 +163,84 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     ``metrics.jsonl``, ``checkpoint.pt``, ``model.safetensors`` and ``summary.json`` (final
     validation and test metrics of the last epoch's model; the test set is used only here).
     """
-    run_dir = run_dir_of(cfg)
-    env = distributed.env_from_torchrun()
-    if not resume and (run_dir / CHECKPOINT).exists():
-        if not overwrite:
-            raise ConfigError(
-                f"run directory {str(run_dir)!r} already holds a run; resume it with "
-                f"--resume {run_dir}, choose another name (--set name=...), or --overwrite"
-            )
+    run = Run(cfg, resume=resume, overwrite=overwrite, verbose=verbose, callbacks=callbacks)
+    for _ in run.epochs():
+        pass
+    return run.finish()
+
+
+class Run:
+    """A run built from its config and trained one epoch at a time.
+
+    ``train`` is ``Run(cfg).epochs()`` to the end, then ``finish()``. Driving
+    :meth:`epochs` yourself lets several runs take turns epoch by epoch (the store
+    benchmark does, so that their throughputs are measured under the same machine load).
+    Building it creates (or, with ``resume``, reopens) the run directory; every name,
+    option and shape is checked here, before the first step.
+    """
+
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 verbose: bool = True, callbacks=()) -> None:
+        self.cfg, self.resume = cfg, resume
+        self.run_dir = run_dir_of(cfg)
+        env = distributed.env_from_torchrun()
+        self.is_main = env.is_main
+        if not resume and (self.run_dir / CHECKPOINT).exists():
+            if not overwrite:
+                raise ConfigError(
+                    f"run directory {str(self.run_dir)!r} already holds a run; resume it with "
+                    f"--resume {self.run_dir}, choose another name (--set name=...), or "
+                    "--overwrite"
+                )
+            if env.is_main:
+                shutil.rmtree(self.run_dir)
+        self.data = data = build_data(cfg)
+        distiller = build_distiller(cfg, data)
+        k, shape = data.splits.num_classes, data.splits.input_shape
         if env.is_main:
-            shutil.rmtree(run_dir)
-    data = build_data(cfg)
-    distiller = build_distiller(cfg, data)
-    k, shape = data.splits.num_classes, data.splits.input_shape
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
-        write_json(run_dir / MODEL_FILE, {"name": cfg.student.name, "options": cfg.student.options,
-                                          "num_classes": k, "input_shape": list(shape)})
-    view = build_run_view(cfg, k, shape, distiller.teacher)
-    eval_teacher = check_store(cfg, data, distiller.teacher)
-    trainer = Trainer(
-        distiller, data.train, data.val, num_classes=k, optim=cfg.optim, schedule=cfg.schedule,
-        train=cfg.train, batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-        num_workers=cfg.data.num_workers, seed=cfg.seed, run_dir=run_dir, callbacks=callbacks,
-        verbose=verbose, title=cfg.name, view=view,
-        eval_teacher=eval_teacher,
-    )
-    start = time.perf_counter()
-    history = trainer.fit(resume=resume)
-    train_time = time.perf_counter() - start
-    test = trainer.evaluate_dataset(data.test)
-    summary = summarize(cfg, trainer, history, test, train_time, shape)
-    if env.is_main:
-        write_json(run_dir / SUMMARY_FILE, summary)
-    return RunResult(run_dir, summary)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
+            write_json(self.run_dir / MODEL_FILE,
+                       {"name": cfg.student.name, "options": cfg.student.options,
+                        "num_classes": k, "input_shape": list(shape)})
+        view = build_run_view(cfg, k, shape, distiller.teacher)
+        eval_teacher = check_store(cfg, data, distiller.teacher)
+        self.trainer = Trainer(
+            distiller, data.train, data.val, num_classes=k, optim=cfg.optim,
+            schedule=cfg.schedule, train=cfg.train, batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+            seed=cfg.seed, run_dir=self.run_dir, callbacks=callbacks, verbose=verbose,
+            title=cfg.name, view=view, eval_teacher=eval_teacher,
+        )
+        self.train_time = 0.0  # seconds spent inside this run's epochs (not other runs')
+
+    def epochs(self):
+        """Train, yielding each epoch's record (see :meth:`Trainer.iter_fit`)."""
+        steps = self.trainer.iter_fit(resume=self.resume)
+        while True:
+            start = time.perf_counter()
+            try:
+                record = next(steps)
+            except StopIteration:
+                self.train_time += time.perf_counter() - start
+                return
+            self.train_time += time.perf_counter() - start
+            yield record
+
+    def finish(self) -> RunResult:
+        """Test the final model and write ``summary.json`` (after :meth:`epochs` ran out)."""
+        trainer = self.trainer
+        if trainer.epoch < self.cfg.train.epochs:
+            raise ConfigError(
+                f"run {self.cfg.name!r} stopped at epoch {trainer.epoch} of "
+                f"{self.cfg.train.epochs}; finish its epochs first (or resume it)"
+            )
+        test = trainer.evaluate_dataset(self.data.test)
+        summary = summarize(self.cfg, trainer, trainer.history, test, self.train_time,
+                            self.data.splits.input_shape)
+        if self.is_main:
+            write_json(self.run_dir / SUMMARY_FILE, summary)
+        return RunResult(self.run_dir, summary)
 
 
 def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],

@@ -7,10 +7,11 @@ that change the loop itself drive this trainer rather than copying it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,54 +287,39 @@ class Trainer:
 
         Returns the per-epoch records (also in ``metrics.jsonl``).
         """
-        previous = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled(),
-                    torch.backends.cudnn.benchmark)
-        if self.cfg.deterministic:  # for this run only; restored when fit returns
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        try:
-            return self._fit(resume)
-        finally:
-            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-            torch.backends.cudnn.benchmark = previous[2]
+        for _ in self.iter_fit(resume):
+            pass
+        return self.history
 
-    def _fit(self, resume: bool) -> list[dict[str, Any]]:
-        self._setup(pretrain=not resume)
-        log = board = None
-        if self.run_dir is not None and self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            log = MetricsLog(self.run_dir)
-            board = TensorBoardLog(self.run_dir) if self.cfg.tensorboard else None
-        if resume:
-            if self.run_dir is None:
-                raise CheckpointError("resume needs a run directory")
-            self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT))
-            if log is not None:
-                log.truncate_after(self.epoch)
-        elif log is not None and log.path.exists():
-            log.path.unlink()
-
+    def iter_fit(self, resume: bool = False) -> Iterator[dict[str, Any]]:
+        """:meth:`fit` one epoch at a time: yields each epoch's record after it is logged
+        and checkpointed, so a caller can interleave runs or stop early (closing the
+        generator keeps the last checkpoint). The final weights are written when the
+        generator is exhausted. Settings that are process-wide (deterministic algorithms)
+        are set for each epoch and restored before the record is yielded.
+        """
+        with self._run_settings():
+            self._setup(pretrain=not resume)
+            log = board = None
+            if self.run_dir is not None and self.env.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                log = MetricsLog(self.run_dir)
+                board = TensorBoardLog(self.run_dir) if self.cfg.tensorboard else None
+            if resume:
+                if self.run_dir is None:
+                    raise CheckpointError("resume needs a run directory")
+                self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT))
+                if log is not None:
+                    log.truncate_after(self.epoch)
+            elif log is not None and log.path.exists():
+                log.path.unlink()
         progress = ProgressReporter(self.verbose and self.env.is_main, self.cfg.epochs,
                                     self.steps_per_epoch, self.title)
         try:
             while self.epoch < self.cfg.epochs:
-                record = self._train_epoch(progress)
-                self.epoch += 1
-                record = {"epoch": self.epoch, **record}
-                last = self.epoch == self.cfg.epochs
-                if self.val_loader is not None and (self.epoch % self.cfg.eval_every == 0 or last):
-                    record.update({f"val/{k}": v for k, v in self.evaluate(self.val_loader).items()})
-                self.history.append(record)
-                if log is not None:
-                    log.append(record)
-                if board is not None:
-                    board.append(record)
-                if self.epoch % self.cfg.checkpoint_every == 0 or last:
-                    self._save()
-                progress.end_epoch(record)
-                for callback in self.callbacks:
-                    callback(self, record)
+                with self._run_settings():
+                    record = self._epoch(progress, log, board)
+                yield record
         finally:
             progress.close()
             if board is not None:
@@ -341,7 +327,42 @@ class Trainer:
         if self.run_dir is not None and self.env.is_main:
             save_weights(self.distiller.student, self.run_dir / WEIGHTS)
         distributed.barrier()
-        return self.history
+
+    @contextlib.contextmanager
+    def _run_settings(self) -> Iterator[None]:
+        """This run's process-wide torch settings, restored on exit."""
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled(),
+                    torch.backends.cudnn.benchmark)
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+            torch.backends.cudnn.benchmark = previous[2]
+
+    def _epoch(self, progress: ProgressReporter, log: MetricsLog | None,
+               board: TensorBoardLog | None) -> dict[str, Any]:
+        """Train one epoch, then validate, log, checkpoint and call the callbacks."""
+        record = self._train_epoch(progress)
+        self.epoch += 1
+        record = {"epoch": self.epoch, **record}
+        last = self.epoch == self.cfg.epochs
+        if self.val_loader is not None and (self.epoch % self.cfg.eval_every == 0 or last):
+            record.update({f"val/{k}": v for k, v in self.evaluate(self.val_loader).items()})
+        self.history.append(record)
+        if log is not None:
+            log.append(record)
+        if board is not None:
+            board.append(record)
+        if self.epoch % self.cfg.checkpoint_every == 0 or last:
+            self._save()
+        progress.end_epoch(record)
+        for callback in self.callbacks:
+            callback(self, record)
+        return record
 
     def _train_epoch(self, progress: ProgressReporter) -> dict[str, Any]:
         seed = epoch_seed(self.seed, self.epoch, self.env.rank)
