@@ -82,10 +82,12 @@ skipping the shards that verify.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -228,16 +230,22 @@ def view_seed(store_seed: int, sample: Tensor, view: Tensor) -> Tensor:
         raise StoreError(f"view_seed: sample ids must lie in [0, 2**32); got {sample.tolist()}")
     if bool(((view < 0) | (view >= _MAX_VIEWS)).any()):
         raise StoreError(f"view_seed: view ids must lie in [0, 2**30); got {view.tolist()}")
-    seed = int(store_seed) & 0xFFFFFFFFFFFFFFFF
-    key = _hash32_int((seed & _M32) ^ _hash32_int((seed >> 32) ^ 0x9E3779B9))
     # 62-bit block sample << 30 | view, split into two 31-bit halves
     left = sample >> 1
     right = ((sample & 1) << 30) | view
-    for round_id in range(4):
-        round_key = _hash32_int(key ^ (0x632BE5AB * (round_id + 1)))
+    for round_key in _round_keys(int(store_seed)):
         f = mix32(mix32(right ^ round_key) ^ (round_key >> 3)) & _M31
         left, right = right, left ^ f
     return (left << 31) | right
+
+
+@functools.lru_cache(maxsize=64)
+def _round_keys(store_seed: int) -> tuple[int, ...]:
+    """The 4 Feistel round keys of :func:`view_seed` for one store seed (cached: a store
+    replays with one seed, and each key costs a few tensor ops)."""
+    seed = store_seed & 0xFFFFFFFFFFFFFFFF
+    key = _hash32_int((seed & _M32) ^ _hash32_int((seed >> 32) ^ 0x9E3779B9))
+    return tuple(_hash32_int(key ^ (0x632BE5AB * (round_id + 1))) for round_id in range(4))
 
 
 # --- layout ------------------------------------------------------------------------------------
@@ -537,6 +545,52 @@ class StoreLayout:
             partner = torch.from_numpy(records["partner"].astype(np.int64))
             ratio = _ratio_from_codes(torch.from_numpy(records["ratio"].astype(np.int64)))
         return StoreRecords(indices, logp, crop, flip, partner, ratio)
+
+
+    def decode_bytes(self, rows: Tensor) -> StoreRecords:
+        """:meth:`decode` for records given as a ``(B, bytes_per_view)`` uint8 tensor.
+
+        The training path: torch ops on a gathered block of bytes, no structured numpy
+        array. Gives the same tensors as :meth:`decode` (little-endian hosts; others use
+        :meth:`decode`).
+        """
+        if sys.byteorder != "little":
+            return self.decode(rows.numpy().copy().view(self.record_dtype()).reshape(-1))
+        offsets = _field_offsets(self)
+
+        def field(name: str, dtype: torch.dtype) -> Tensor:
+            start, size = offsets[name]
+            part = rows[:, start:start + size]
+            if dtype == torch.uint8:
+                return part
+            # a packed copy (plain strides even for B <= 1), then reinterpret the bytes
+            return part.clone(memory_format=torch.contiguous_format).view(dtype)
+
+        k = self.top_k
+        wide = self.index_dtype == "uint32"
+        indices = field("indices", torch.int32 if wide else torch.int16).to(torch.int64)
+        indices = indices & (0xFFFFFFFF if wide else 0xFFFF)  # the stored ints are unsigned
+        if self.value_format == "fp16":
+            logp = field("values", torch.float16).to(torch.float32)
+        else:
+            logp = field("values", torch.uint8).to(torch.float32) * float(-self.step)
+        crop = flip = partner = ratio = None
+        if self.view_kind != "none":
+            crop = _crop_from_codes(field("crop", torch.uint8))
+            flip = (field("flags", torch.uint8)[:, 0] & 1).to(torch.bool)
+        if self.has_mix:
+            partner = field("partner", torch.int32).to(torch.int64)[:, 0] & 0xFFFFFFFF
+            ratio = _ratio_from_codes(field("ratio", torch.uint8)[:, 0])
+        return StoreRecords(indices.reshape(-1, k), logp.reshape(-1, k), crop, flip,
+                            partner, ratio)
+
+
+@functools.lru_cache(maxsize=32)
+def _field_offsets(layout: StoreLayout) -> dict[str, tuple[int, int]]:
+    """``name -> (byte offset, byte size)`` of each field of a layout's record."""
+    dtype = layout.record_dtype()
+    return {name: (dtype.fields[name][1], dtype.fields[name][0].itemsize)
+            for name in dtype.names}
 
 
 _LAYOUT_DEFAULTS = {"value_format", "view_kind", "has_mix", "value_max"}
@@ -1135,10 +1189,12 @@ class SoftLabelStore:
             self._files.append(file)
             self._sha256.append(digest)
         self._maps: list[np.memmap | None] = [None] * len(self._files)
+        self._tables: list[Tensor | None] = [None] * len(self._files)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_maps"] = [None] * len(self._files)
+        state["_tables"] = [None] * len(self._files)
         return state
 
     def __repr__(self) -> str:
@@ -1184,6 +1240,18 @@ class SoftLabelStore:
             self._maps[shard_id] = mm
         return mm
 
+    def _table(self, shard_id: int) -> Tensor:
+        """Shard ``shard_id`` as a read-only ``(records, bytes_per_view)`` uint8 tensor over
+        its memory map (nothing is copied until rows are gathered)."""
+        table = self._tables[shard_id]
+        if table is None:
+            flat = np.asarray(self._map(shard_id)).view(np.uint8)
+            with warnings.catch_warnings():  # the map is read-only and is only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                table = torch.from_numpy(flat).view(-1, self.layout.bytes_per_view)
+            self._tables[shard_id] = table
+        return table
+
     def verify(self) -> None:
         """Check the sha256 of every shard; :class:`StoreError` names every failing shard."""
         bad = [
@@ -1217,17 +1285,45 @@ class SoftLabelStore:
                 f"view ids must lie in [0, {lay.views_per_sample}) for the store {self.path}; "
                 f"got {v[(v < 0) | (v >= lay.views_per_sample)][:5].tolist()}"
             )
-        out = np.empty(s.shape[0], dtype=lay.record_dtype())
         shard = s // self.samples_per_shard
         rows = (s - shard * self.samples_per_shard) * lay.views_per_sample + v
+        if self.num_shards == 1:  # the common small store: one gather, no masks
+            return self._map(0)[rows]
+        out = np.empty(s.shape[0], dtype=lay.record_dtype())
         for shard_id in np.unique(shard):
             where = shard == shard_id
             out[where] = self._map(int(shard_id))[rows[where]]
         return out
 
     def read(self, sample: Tensor | Sequence[int], view: Tensor | Sequence[int]) -> StoreRecords:
-        """Decoded records of view ``view[b]`` of sample ``sample[b]`` (``(B,)`` each)."""
-        return self.layout.decode(self.raw(sample, view))
+        """Decoded records of view ``view[b]`` of sample ``sample[b]`` (``(B,)`` each).
+
+        The same records as ``layout.decode(raw(sample, view))``, gathered and decoded
+        with torch ops (this runs every training step).
+        """
+        s = torch.as_tensor(sample).detach().reshape(-1).to("cpu", torch.int64)
+        v = torch.as_tensor(view).detach().reshape(-1).to("cpu", torch.int64)
+        if s.shape != v.shape:
+            raise StoreError(
+                f"sample and view must have the same length; got {tuple(s.shape)} and "
+                f"{tuple(v.shape)}"
+            )
+        lay = self.layout
+        if s.numel():
+            (s_lo, s_hi), (v_lo, v_hi) = torch.aminmax(s), torch.aminmax(v)
+            if s_lo < 0 or s_hi >= lay.num_samples or v_lo < 0 or v_hi >= lay.views_per_sample:
+                self.raw(s, v)  # raises the error naming the ids out of range
+        per = self.samples_per_shard
+        if self.num_shards == 1:
+            rows = self._table(0).index_select(0, s * lay.views_per_sample + v)
+        else:
+            shard = torch.div(s, per, rounding_mode="floor")
+            offset = (s - shard * per) * lay.views_per_sample + v
+            rows = torch.empty(s.shape[0], lay.bytes_per_view, dtype=torch.uint8)
+            for shard_id in shard.unique().tolist():
+                where = shard == shard_id
+                rows[where] = self._table(shard_id).index_select(0, offset[where])
+        return lay.decode_bytes(rows)
 
     def soft_targets(self, records: StoreRecords, T: float = 1.0, fill: str = "smooth") -> Tensor:
         """:func:`soft_targets` with this store's class count."""

@@ -74,7 +74,7 @@ class StoreView(View):
         records = self.store.read(sample_cpu, view_cpu).to(inputs.device)
         if self.augment is not None:
             seeds = None
-            if self.kind == "signal":
+            if getattr(self.augment, "noise_std", 0.0) > 0:  # signals with noise only
                 seeds = self.store.view_seed(sample_cpu, view_cpu).to(inputs.device)
             inputs = self.augment.apply(inputs, records.augment_params(noise_seed=seeds))
         record = StoredViewRecord(index, view_ids.to(index.device), records)
