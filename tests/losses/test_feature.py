@@ -83,7 +83,7 @@ def test_fitnet_zero_when_the_regressed_student_equals_the_teacher():
     term.setup(outs(a=t), outs(b=t), B)
     with torch.no_grad():
         term.regressor.proj.weight.copy_(torch.eye(3).unsqueeze(-1))
-    term.regressor.norm.eps = 0.0
+    term.regressor.norm.eps = 1e-30  # an exact identity (older torch refuses eps=0)
     term.eval()  # BatchNorm with running mean 0, variance 1: the identity
     assert term(outs(a=t.clone()), outs(b=t), B).item() == pytest.approx(0, abs=1e-10)
 
@@ -279,7 +279,7 @@ def test_ft_zero_when_the_translator_reproduces_the_teacher_factor_and_warns_unf
     for m in term.translator.encoder:
         if isinstance(m, torch.nn.BatchNorm1d):
             m.reset_running_stats()  # the first call above was in training mode
-            m.eps = 0.0
+            m.eps = 1e-30  # 1 + eps == 1 in float32: an exact identity
     term.eval()
     assert term(outs(a=t.clone()), outs(b=t), B).item() == pytest.approx(0, abs=1e-7)
 
@@ -306,7 +306,7 @@ def make_identity_ab(s_list, t_list, **kw):
         c = s.shape[1]
         with torch.no_grad():
             connector[0].weight.copy_(torch.eye(c).view(c, c, *([1] * (s.dim() - 2))))
-        connector[1].eps = 0.0
+        connector[1].eps = 1e-30  # an exact identity (older torch refuses eps=0)
     term.eval()  # BatchNorm with running statistics 0 / 1: the connectors are the identity
     return term, so, to
 
