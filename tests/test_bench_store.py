@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import yaml
 
 from kdforge.bench_store import RUNS, TARGETS, generation_batches, run_store_bench
@@ -14,6 +15,7 @@ def tiny_spec(tmp_path):
     spec = {
         "output_dir": str(tmp_path / "runs"),
         "seed": 0,
+        "seeds": [0, 1],         # two seeds of every student run, taking turns epoch by epoch
         "device": "cpu",
         # 128 samples, a quarter held out for validation: 96 training samples
         "data": {"name": "synthetic", "input_shape": [1, 8, 8], "num_train": 128,
@@ -42,14 +44,23 @@ def test_store_benchmark_writes_every_figure(tmp_path):
         "generation_views_per_s", "bare_teacher_views_per_s", "generation_vs_bare",
         "store_vs_supervised", "store_vs_online", "teacher_forward_samples_per_s",
         "student_step_samples_per_s", "ideal_online_samples_per_s", "online_vs_ideal",
-        "teacher_cost_ratio", "teacher_accuracy", "total_time_s",
+        "teacher_cost_ratio", "teacher_accuracy", "total_time_s", "store_vs_online_accuracy",
     ]
     for run in (*RUNS, "store_kd_uint8", "store_kd_fp16"):
-        figures += [f"{run}_{key}" for key in ("samples_per_s", "accuracy", "agreement", "kl")]
+        figures += [f"{run}_{key}" for key in ("samples_per_s", "accuracy", "accuracy_std",
+                                               "agreement", "kl")]
     for key in figures:
         assert isinstance(written[key], (int, float)) and math.isfinite(written[key]), key
     for key in (*TARGETS, "generation_views_per_s", "bare_teacher_views_per_s"):
-        assert written[key] > 0, key
+        if key != "store_vs_online_accuracy":  # a difference of accuracies, in points
+            assert written[key] > 0, key
+    assert written["timed_epochs"] == 2  # 2 seeds x (2 epochs - the warm-up epoch)
+    assert written["store_vs_online_accuracy"] == pytest.approx(
+        100 * (written["store_kd_accuracy"] - written["online_kd_accuracy"]))
+    runs = tmp_path / "runs" / "runs"
+    assert {p.name for p in runs.iterdir()} == {
+        f"{name}-seed{seed}" for seed in (0, 1)
+        for name in ("supervised", "online_kd", "store_kd-uint8", "store_kd-fp16")}
     assert written["store_views"] == 96 * 4 and written["num_train"] == 96
     for fmt in ("uint8", "fp16"):
         layout = StoreLayout(num_samples=96, views_per_sample=4, num_classes=4, top_k=3,

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from kdforge import api
 from kdforge.bench import finished_run, write_results
-from kdforge.config import SoftLabelConfig, parse_config
+from kdforge.config import OptimConfig, SoftLabelConfig, parse_config
 from kdforge.core.errors import ConfigError
 from kdforge.core.outputs import to_outputs
 from kdforge.data.augment import make_augment
@@ -58,13 +58,15 @@ TARGETS: dict[str, tuple[float, str]] = {
                               "overhead)"),
     "teacher_cost_ratio": (5.0, "premise of store_vs_online: a teacher forward costs >= 5x "
                                 "a student step"),
+    "store_vs_online_accuracy": (-0.5, "store KD's test accuracy is at most 0.5 points below "
+                                       "online KD's (points, mean over seeds)"),
 }
 #: FKD's own figure (Shen & Xing 2022): k = 5 fp16 soft labels and crop parameters.
 FKD_BYTES_PER_VIEW = 39
 FKD_VIEWS_PER_IMAGE = 500
 RUNS = ("supervised", "online_kd", "store_kd")
 
-_SPEC_KEYS = {"output_dir", "seed", "device", "data", "teacher", "student", "epochs", "optim",
+_SPEC_KEYS = {"output_dir", "seed", "seeds", "device", "data", "teacher", "student", "epochs", "optim",
               "schedule", "view", "losses", "store", "timing"}
 _TEACHER_KEYS = {"model", "epochs", "optim", "schedule"}
 _STORE_KEYS = {"views_per_sample", "top_k", "value_format", "value_formats", "batch_size",
@@ -114,11 +116,19 @@ def load_store_spec(path: str | Path) -> dict[str, Any]:
     if not isinstance(losses, list):
         raise ConfigError(f"{path}: losses must be a list of loss terms")
     epochs = int(raw.get("epochs", 15))
+    seed = int(raw.get("seed", 0))
+    seeds = raw.get("seeds", [seed])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers (the "
+                          f"student runs' seeds); got {seeds!r}")
     optim = raw.get("optim") or {}
     schedule = raw.get("schedule") or {}
     return {
         "output_dir": Path(raw.get("output_dir", "runs/store_bench")),
-        "seed": int(raw.get("seed", 0)),
+        "seed": seed,
+        "seeds": [int(x) for x in seeds],
         "device": str(raw.get("device", "cpu")),
         "data": dict(raw["data"]),
         "student": dict(raw["student"]),
@@ -162,10 +172,10 @@ def _teacher_config(spec: dict[str, Any]) -> Any:
 
 
 def _student_config(spec: dict[str, Any], name: str, losses: list, teacher: dict | None,
-                    view: bool) -> Any:
+                    view: bool, seed: int) -> Any:
     epochs = spec["epochs"]
     cfg: dict[str, Any] = {
-        "name": name, "seed": spec["seed"], "output_dir": str(spec["output_dir"] / "runs"),
+        "name": f"{name}-seed{seed}", "seed": seed, "output_dir": str(spec["output_dir"] / "runs"),
         "data": spec["data"], "student": spec["student"], "losses": losses,
         "optim": spec["optim"], "schedule": spec["schedule"],
         # validation and checkpoints only at the end: they lie outside the epoch timer anyway
@@ -328,13 +338,14 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
         "data": spec["data"]["name"], "student": spec["student"]["name"],
         "teacher": spec["teacher"]["model"]["name"], "epochs": spec["epochs"],
         "batch_size": int(spec["data"].get("batch_size", 128)), "seed": spec["seed"],
+        "seeds": ",".join(str(x) for x in spec["seeds"]),
         "losses": ",".join(str(loss.get("name")) for loss in spec["losses"]),
         "views_per_sample": s["views_per_sample"], "top_k": s["top_k"], "value_format": main,
         "value_formats": ",".join(formats), "repeats": s["repeats"],
         "timing_repeats": timing["repeats"], "timing_steps": timing["steps"],
     }
 
-    # 1. teacher and stores
+    # 1. the teacher
     teacher_cfg = _teacher_config(spec)
     teacher = finished_run(teacher_cfg)
     out["teacher_reused"] = teacher is not None
@@ -346,89 +357,112 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
     out["teacher_params"] = teacher.summary["student_params"]
     say(f"teacher: test accuracy {100 * out['teacher_accuracy']:.1f}%"
         + (" (reused)" if out["teacher_reused"] else ""))
+    data = api.build_data(teacher_cfg)
+    k, shape = data.splits.num_classes, data.splits.input_shape
+    n_train = len(data.train)
+    teacher_net = _teacher_net(teacher.run_dir, k, shape).to(device)
+
+    # 2. the stores; the bare teacher is timed right before and after the main one is made
+    sizes = generation_batches(n_train, s["views_per_sample"], s["batch_size"],
+                               s["samples_per_shard"])
+    gen_inputs = _inputs(data.train, max(sizes))[0].to(device)
+
+    def bare_rate() -> float:
+        return bare_teacher_rate(teacher_net, gen_inputs, sizes, timing["repeats"], device)
+
     stores: dict[str, dict[str, Any]] = {}
+    bare: list[float] = []
     for fmt in formats:
         sl_cfg = _store_config(spec, fmt, teacher.run_dir)
         path = store_path(sl_cfg)
         if regenerate and path.exists():
             shutil.rmtree(path)
+        if fmt == main:
+            bare.append(bare_rate())
         stats = generate(sl_cfg, verbose=False)
+        if fmt == main:
+            bare.append(bare_rate())
         stores[fmt] = stats
         rate = stats["views_per_s"] if stats["views"] > 0 else None
         out[f"generation_{fmt}_views_per_s"] = rate
         out[f"bytes_per_view_{fmt}"] = stats["bytes_per_view"]
         say(f"store {fmt}: {stats['views']:,} views labelled"
             + (f", {rate:,.0f} views/s" if rate else " (nothing left to label)"))
-
-    data = api.build_data(teacher_cfg)
-    k, shape = data.splits.num_classes, data.splits.input_shape
-    n_train = len(data.train)
-    teacher_net = _teacher_net(teacher.run_dir, k, shape).to(device)
-    sizes = generation_batches(n_train, s["views_per_sample"], s["batch_size"],
-                               s["samples_per_shard"])
-    gen_inputs, _ = _inputs(data.train, max(sizes))
-    bare = bare_teacher_rate(teacher_net, gen_inputs.to(device), sizes, timing["repeats"],
-                             device)
     gen_rate = out[f"generation_{main}_views_per_s"]
     out.update({
         "num_train": n_train, "store_views": n_train * s["views_per_sample"],
         "generation_batch_size": max(sizes),
         "generation_views_per_s": gen_rate,
-        "bare_teacher_views_per_s": bare,
-        "generation_vs_bare": gen_rate / bare if gen_rate else None,
+        "bare_teacher_views_per_s": statistics.mean(bare),
+        "generation_vs_bare": gen_rate / statistics.mean(bare) if gen_rate else None,
     })
-    say(f"bare teacher forward: {bare:,.0f} views/s"
+    say(f"bare teacher forward: {out['bare_teacher_views_per_s']:,.0f} views/s"
         + (f"; generation / bare = {out['generation_vs_bare']:.2f}" if gen_rate else ""))
 
-    # 2. the three training runs (and store_kd for every value format)
-    teacher_run = {"run": str(teacher.run_dir)}
-    configs = {
-        "supervised": _student_config(spec, "supervised", [{"name": "ce"}], None, True),
-        "online_kd": _student_config(spec, "online_kd", spec["losses"], teacher_run, True),
-    }
-    for fmt in formats:
-        configs[f"store_kd_{fmt}"] = _student_config(
-            spec, f"store_kd-{fmt}", spec["losses"],
-            {"store": stores[fmt]["path"], "repeats": s["repeats"]}, False)
-    for label, cfg in configs.items():
-        result = api.train(cfg, overwrite=True, verbose=False)
-        figures = _run_figures(result)
-        if label == "supervised":  # no teacher in the run: measure fidelity after it
-            figures.update(_fidelity(cfg, result.run_dir, data, teacher_net, device))
-        for key, value in figures.items():
-            out[f"{label}_{key}"] = value
-        say(f"{label:16s} {figures['samples_per_s']:9,.0f} samples/s, test accuracy "
-            f"{100 * figures['accuracy']:.1f}%, agreement {100 * figures['agreement']:.1f}%")
-    for key in ("samples_per_s", "accuracy", "agreement", "kl", "train_time_s"):
+    # 3. the training runs, epoch by epoch in turn, with a timing round after each epoch
+    labels = ["supervised", "online_kd", *[f"store_kd_{fmt}" for fmt in formats]]
+    timer = _RoundTimer(spec, data, teacher_net, device)
+    epoch_rates: dict[str, list[float]] = {label: [] for label in labels}
+    paired: dict[str, list[float]] = {key: [] for key in (
+        "store_vs_supervised", "store_vs_online", "online_vs_ideal", "teacher_cost_ratio",
+        "supervised_vs_student_step", "teacher_forward", "student_step", "ideal_online")}
+    finals: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for seed in spec["seeds"]:
+        configs = _run_configs(spec, seed, teacher.run_dir, stores, s["repeats"])
+        runs = {label: api.Run(configs[label], overwrite=True, verbose=False)
+                for label in labels}
+        steps = {label: run.epochs() for label, run in runs.items()}
+        for epoch in range(spec["epochs"]):
+            rate = {label: next(steps[label])["samples_per_s"] for label in labels}
+            t_rate, s_rate = timer.round()
+            if epoch == 0 and spec["epochs"] > 1:
+                continue  # warm-up epoch
+            ideal = 1.0 / (1.0 / t_rate + 1.0 / s_rate)
+            for label in labels:
+                epoch_rates[label].append(rate[label])
+            store = rate[f"store_kd_{main}"]
+            for key, value in (
+                    ("store_vs_supervised", store / rate["supervised"]),
+                    ("store_vs_online", store / rate["online_kd"]),
+                    ("online_vs_ideal", rate["online_kd"] / ideal),
+                    ("teacher_cost_ratio", s_rate / t_rate),
+                    ("supervised_vs_student_step", rate["supervised"] / s_rate),
+                    ("teacher_forward", t_rate), ("student_step", s_rate),
+                    ("ideal_online", ideal)):
+                paired[key].append(value)
+        for label in labels:
+            for _ in steps[label]:  # nothing left but writing the final weights
+                pass
+            result = runs[label].finish()
+            figures = _run_figures(result)
+            if label == "supervised":  # no teacher in the run: measure fidelity after it
+                figures.update(_fidelity(configs[label], result.run_dir, data, teacher_net,
+                                         device))
+            finals[label].append(figures)
+            say(f"seed {seed} {label:16s} test accuracy {100 * figures['accuracy']:.1f}%, "
+                f"agreement {100 * figures['agreement']:.1f}%")
+    for label in labels:
+        out[f"{label}_samples_per_s"] = statistics.median(epoch_rates[label])
+        for key in ("accuracy", "agreement", "kl", "train_time_s"):
+            values = [f[key] for f in finals[label]]
+            out[f"{label}_{key}"] = statistics.mean(values)
+            if key == "accuracy":
+                out[f"{label}_accuracy_std"] = statistics.pstdev(values)
+    for key in ("samples_per_s", "accuracy", "accuracy_std", "agreement", "kl",
+                "train_time_s"):
         out[f"store_kd_{key}"] = out[f"store_kd_{main}_{key}"]
-    out["store_vs_supervised"] = out["store_kd_samples_per_s"] / out["supervised_samples_per_s"]
-    out["store_vs_online"] = out["store_kd_samples_per_s"] / out["online_kd_samples_per_s"]
-
-    # 3. the ideal online rate
-    batch = out["batch_size"]
-    x, y = _inputs(data.train, batch)
-    augment = make_augment(shape, **spec["augment"])
-    x, _ = augment(x, torch.Generator().manual_seed(spec["seed"]))
-    x, y = x.to(device), y.to(device)
-    t_rate = teacher_forward_rate(teacher_net, x, timing["steps"], timing["repeats"], device)
-    seed_everything(spec["seed"])
-    student = api.build_model(spec["student"]["name"], configs["supervised"].student.options,
-                              k, shape).to(device)
-    optimizer = build_optimizer(list(student.parameters()), configs["supervised"].optim)
-    s_rate = student_step_rate(student, optimizer, x, y, timing["steps"], timing["repeats"],
-                               device)
-    ideal = 1.0 / (1.0 / t_rate + 1.0 / s_rate)
-    out.update({
-        "teacher_forward_samples_per_s": t_rate,
-        "student_step_samples_per_s": s_rate,
-        "ideal_online_samples_per_s": ideal,
-        "online_vs_ideal": out["online_kd_samples_per_s"] / ideal,
-        "teacher_cost_ratio": s_rate / t_rate,
-        "supervised_vs_student_step": out["supervised_samples_per_s"] / s_rate,
-    })
-    say(f"teacher forward {t_rate:,.0f}/s, student step {s_rate:,.0f}/s, ideal online "
-        f"{ideal:,.0f}/s; online / ideal = {out['online_vs_ideal']:.2f}, teacher cost "
-        f"{out['teacher_cost_ratio']:.1f}x a student step")
+    for key in ("store_vs_supervised", "store_vs_online", "online_vs_ideal",
+                "teacher_cost_ratio", "supervised_vs_student_step"):
+        out[key] = statistics.median(paired[key])
+    for key in ("teacher_forward", "student_step", "ideal_online"):
+        out[f"{key}_samples_per_s"] = statistics.median(paired[key])
+    out["timed_epochs"] = len(paired["store_vs_supervised"])
+    out["store_vs_online_accuracy"] = 100 * (out["store_kd_accuracy"]
+                                             - out["online_kd_accuracy"])
+    say(f"store / supervised = {out['store_vs_supervised']:.3f}, store / online = "
+        f"{out['store_vs_online']:.2f}, online / ideal = {out['online_vs_ideal']:.3f} "
+        f"(teacher forward = {out['teacher_cost_ratio']:.1f} student steps); accuracy store - "
+        f"online = {out['store_vs_online_accuracy']:+.2f} points")
 
     # 4. size
     out.update({
@@ -442,6 +476,47 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
         write_results(results, "store", out, store_markdown(out))
     return out
 
+
+def _run_configs(spec: dict[str, Any], seed: int, teacher_run: Path,
+                 stores: dict[str, dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """The configs of one seed's runs: supervised, online_kd and store_kd_<format>."""
+    configs = {
+        "supervised": _student_config(spec, "supervised", [{"name": "ce"}], None, True, seed),
+        "online_kd": _student_config(spec, "online_kd", spec["losses"],
+                                     {"run": str(teacher_run)}, True, seed),
+    }
+    for fmt, stats in stores.items():
+        configs[f"store_kd_{fmt}"] = _student_config(
+            spec, f"store_kd-{fmt}", spec["losses"], {"store": stats["path"],
+                                                      "repeats": repeats}, False, seed)
+    return configs
+
+
+class _RoundTimer:
+    """Times ``timing.steps`` teacher forwards and student steps (batch ``batch_size`` of
+    augmented inputs) once per call: the separately measured rates of the ideal online
+    rate, taken between the epochs so that they share the training runs' machine load."""
+
+    def __init__(self, spec: dict[str, Any], data: api.Data, teacher: nn.Module,
+                 device: torch.device) -> None:
+        k, shape = data.splits.num_classes, data.splits.input_shape
+        x, y = _inputs(data.train, int(spec["data"].get("batch_size", 128)))
+        x, _ = make_augment(shape, **spec["augment"])(x, torch.Generator().manual_seed(
+            spec["seed"]))
+        self.x, self.y = x.to(device), y.to(device)
+        self.teacher, self.device, self.steps = teacher, device, spec["timing"]["steps"]
+        seed_everything(spec["seed"])
+        options = {k: v for k, v in spec["student"].items() if k != "name"}
+        self.student = api.build_model(spec["student"]["name"], options, k, shape).to(device)
+        self.optimizer = build_optimizer(list(self.student.parameters()),
+                                         OptimConfig(**spec["optim"]))
+
+    def round(self) -> tuple[float, float]:
+        """(teacher forward samples/s, student step samples/s) of one timed round."""
+        t_rate = teacher_forward_rate(self.teacher, self.x, self.steps, 1, self.device)
+        s_rate = student_step_rate(self.student, self.optimizer, self.x, self.y, self.steps, 1,
+                                   self.device)
+        return t_rate, s_rate
 
 def _printer(verbose: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
@@ -498,12 +573,16 @@ def store_markdown(out: dict[str, Any]) -> str:
         "# Soft-label store (FKD) vs online distillation\n",
         f"{out['data']}: {out['teacher']} teacher (test {100 * out['teacher_accuracy']:.1f}%, "
         f"{out['teacher_params']:,} params) -> {out['student']} student; {out['epochs']} "
-        f"epochs, batch {out['batch_size']}, seed {out['seed']}, losses {out['losses']}, "
+        f"epochs, batch {out['batch_size']}, seeds {out['seeds']}, losses {out['losses']}, "
         f"consistent view; device {out['device']} with {out['torch_threads']} threads. "
         f"Store: {out['views_per_sample']} views per sample, top-{out['top_k']}, "
         f"{out['value_format']} (main format), {out['repeats']} view(s) per loaded sample. "
-        f"Timings: median of {out['timing_repeats']} repeats. Total time "
-        f"{out['total_time_s'] / 60:.1f} min.\n",
+        f"Total time {out['total_time_s'] / 60:.1f} min.\n",
+        "The runs of a seed take turns epoch by epoch, and after each epoch the teacher "
+        f"forward and the student step are timed ({out['timing_steps']} steps each), so every "
+        "rate of one epoch was measured under the same machine load. Rates are medians over "
+        f"the {out['timed_epochs']} epochs after each run's first, over all seeds; ratios "
+        "are medians of the per-epoch ratios. Accuracies are means over the seeds.\n",
         "\n## Targets\n",
         "| figure | value | target | result |",
         "|---|---|---|---|",
@@ -516,10 +595,10 @@ def store_markdown(out: dict[str, Any]) -> str:
                      f"{result} |")
     lines += [
         "\n## Training runs\n",
-        "Throughput: mean samples/s of the epochs after the first (metrics.jsonl; data "
-        "loading, view, forward, backward, optimizer step; validation excluded). Agreement "
-        "and KL(teacher || student) on the test set, against the real teacher (for the "
-        "supervised run measured after training)."
+        "Throughput: samples/s of an epoch (metrics.jsonl: data loading, view, forward, "
+        "backward, optimizer step; validation excluded). Agreement and KL(teacher || "
+        "student) on the test set, against the real teacher (for the supervised run "
+        "measured after training)."
         + (f" store_kd loads each sample once for {out['repeats']} views: its samples are "
            "views." if out["repeats"] > 1 else "") + "\n",
         "| run | samples/s | test acc % | agreement % | KL | train time s |",
@@ -529,12 +608,14 @@ def store_markdown(out: dict[str, Any]) -> str:
         label = run if run != "store_kd" else f"store_kd ({out['value_format']})"
         lines.append(
             f"| {label} | {_num(out[f'{run}_samples_per_s'], 0)} | "
-            f"{_num(100 * out[f'{run}_accuracy'], 1)} | "
+            f"{_num(100 * out[f'{run}_accuracy'], 1)} ± "
+            f"{_num(100 * out[f'{run}_accuracy_std'], 1)} | "
             f"{_num(_pct(out.get(f'{run}_agreement')), 1)} | {_num(out.get(f'{run}_kl'), 3)} | "
             f"{_num(out[f'{run}_train_time_s'], 1)} |")
     lines += [
-        f"\nstore_vs_supervised = {_num(out['store_vs_supervised'])}, store_vs_online = "
-        f"{_num(out['store_vs_online'])}.\n",
+        f"\nstore_vs_supervised = {_num(out['store_vs_supervised'], 3)}, store_vs_online = "
+        f"{_num(out['store_vs_online'])}, store_vs_online_accuracy = "
+        f"{_num(out['store_vs_online_accuracy'])} points.\n",
         "\n## Rates\n",
         "| rate | value | what it measures |",
         "|---|---|---|",
@@ -543,7 +624,9 @@ def store_markdown(out: dict[str, Any]) -> str:
         "shard writes |",
         f"| bare teacher | {_num(out['bare_teacher_views_per_s'], 0)} views/s | the teacher "
         f"network alone (eval, inference_mode) over the same {out['store_views']:,} views in "
-        f"the same batches (up to {out['generation_batch_size']}), pre-made inputs |",
+        f"the same batches (up to {out['generation_batch_size']}), pre-made inputs; mean of "
+        f"the medians of {out['timing_repeats']} passes timed right before and right after "
+        "the generation |",
         f"| teacher forward | {_num(out['teacher_forward_samples_per_s'], 0)} samples/s | "
         f"eval, no_grad, batch {out['batch_size']} of augmented inputs |",
         f"| student step | {_num(out['student_step_samples_per_s'], 0)} samples/s | forward, "
@@ -572,7 +655,8 @@ def store_markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {fmt} | {out[f'bytes_per_view_{fmt}']} | "
             f"{_num(out.get(f'generation_{fmt}_views_per_s'), 0)} | "
-            f"{_num(out[p + 'samples_per_s'], 0)} | {_num(100 * out[p + 'accuracy'], 1)} | "
+            f"{_num(out[p + 'samples_per_s'], 0)} | {_num(100 * out[p + 'accuracy'], 1)} ± "
+            f"{_num(100 * out[p + 'accuracy_std'], 1)} | "
             f"{_num(_pct(out.get(p + 'agreement')), 1)} | {_num(out.get(p + 'kl'), 3)} |")
     return "\n".join(lines) + "\n"
 
