@@ -116,3 +116,44 @@ def test_crops_on_cpu_and_cuda_agree():
     cpu = augment.apply(x, params)
     gpu = augment.apply(x.cuda(), AugmentParams(params.crop.cuda(), params.flip.cuda()))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+@pytest.mark.parametrize("shape", [[1, 8, 8], [1, 40]])
+def test_function_matching_store_made_on_cuda_replays_bit_identically(tmp_path, monkeypatch,
+                                                                      mode, shape):
+    data_cfg = {"input_shape": shape, "num_train": 96}
+    t_cfg = cuda_config(tmp_path, name="t", data=data_cfg,
+                        student={"name": "cnn2d" if len(shape) == 3 else "cnn1d"})
+    t_run = api.train(parse_config(t_cfg), verbose=False).run_dir
+    seen = []
+    build = api.build_teacher
+
+    def spy(*args, **kwargs):  # every input the teacher labels, in record order
+        net = build(*args, **kwargs)
+        net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+        return net
+
+    monkeypatch.setattr(api, "build_teacher", spy)
+    view = {"name": "function_matching", "mode": mode, "alpha": 0.5}
+    if len(shape) == 2:
+        view["noise_std"] = 0.3
+    sl = parse_config({"name": "fm", "output_dir": str(tmp_path / "stores"),
+                       "data": t_cfg["data"], "teacher": {"run": str(t_run)}, "device": "cuda",
+                       "view": view, "store": {"views_per_sample": 4, "top_k": 3,
+                                               "samples_per_shard": 40, "batch_size": 64}},
+                      kind=SoftLabelConfig)
+    store = SoftLabelStore(generate(sl, verbose=False)["path"])
+    labelled = torch.cat(seen)
+    assert labelled.is_cuda and store.layout.has_mix
+    data = api.build_data(parse_config(t_cfg))
+    items = data.train.__getitems__(list(range(0, 72, 3)))
+    batch = Batch(items["input"].cuda(), items["target"].cuda(), index=items["index"].cuda())
+    replayed = StoreView(store, tuple(shape), repeats=2, dataset=data.train)(
+        batch, torch.Generator("cuda").manual_seed(0))
+    assert replayed.inputs.is_cuda
+    rows = (replayed.view.sample * 4 + replayed.view.view).to(labelled.device)
+    assert torch.equal(replayed.inputs, labelled[rows])
+    net = build(parse_config({**t_cfg, "teacher": {"run": str(t_run)}}), 4, tuple(shape)).cuda()
+    indices = torch.log_softmax(net(replayed.inputs).logits, -1).topk(3, -1).indices
+    assert torch.equal(indices.cpu(), replayed.view.records.indices.cpu())

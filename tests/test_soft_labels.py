@@ -1,9 +1,11 @@
 """FKD end to end: label views once, replay them exactly, train without the teacher."""
 
+import math
+
 import pytest
 import torch
 
-from kdforge import StoreError, api
+from kdforge import ConfigError, StoreError, api
 from kdforge.cli import main
 from kdforge.config import SoftLabelConfig, parse_config
 from kdforge.core.outputs import Batch
@@ -130,3 +132,215 @@ def test_second_teacher_labels_the_same_views(tmp_path, teacher):
                        store={"views_per_sample": 2, "views_from": first["path"]})
     with pytest.raises(Exception, match="views per sample"):
         generate(bad, verbose=False)
+
+
+# --- function matching from a store (Beyer et al. 2022): stored mixup / CutMix pairs ----------
+
+
+@pytest.fixture
+def labelled(monkeypatch):
+    """Every input the teacher labels while a store is generated, in call order."""
+    seen = []
+    build = api.build_teacher
+
+    def spy(*args, **kwargs):
+        net = build(*args, **kwargs)
+        if net is not None:
+            net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+        return net
+
+    monkeypatch.setattr(api, "build_teacher", spy)
+    return seen
+
+
+def fm_view(mode, **options):
+    return {"name": "function_matching", "mode": mode, "alpha": 0.5, **options}
+
+
+def replay(store, data, samples, repeats=1, seed=3):
+    view = StoreView(store, tuple(data.splits.input_shape), repeats=repeats, dataset=data.train)
+    items = data.train.__getitems__(samples)
+    return view(Batch(items["input"], items["target"], index=items["index"]),
+                torch.Generator().manual_seed(seed))
+
+
+def check_mix_from_the_math(store, data, out, mode):
+    """The replayed rows equal own view (x) partner view, mixed as the stored ratio says."""
+    rec = out.view.records
+    aug = StoreView(store, tuple(data.splits.input_shape), dataset=data.train).augment
+    seeds = store.view_seed if getattr(aug, "noise_std", 0) > 0 else (lambda s, v: None)
+    own_x = data.train.__getitems__(out.view.sample.tolist())["input"]
+    own = aug.apply(own_x, rec.augment_params(noise_seed=seeds(out.view.sample, out.view.view)))
+    partner_rec = store.read(rec.partner, out.view.view)
+    part_x = data.train.__getitems__(rec.partner.tolist())["input"]
+    part = aug.apply(part_x, partner_rec.augment_params(
+        noise_seed=seeds(rec.partner, out.view.view)))
+    if mode == "mixup":
+        r = rec.ratio.view(-1, *[1] * (own.dim() - 1))
+        assert torch.allclose(out.inputs, r * own + (1 - r) * part, atol=1e-6)
+        assert torch.equal(out.view.mix.ratio, rec.ratio)
+        return
+    size = own.shape[2:]
+    for b in range(out.inputs.shape[0]):  # CutMix: one box of the partner, the rest own
+        pasted = (out.inputs[b] == part[b]).all(0) & (out.inputs[b] != own[b]).any(0)
+        assert ((out.inputs[b] == own[b]).all(0) | pasted).all()
+        side = math.sqrt(1 - float(rec.ratio[b]))
+        extent = [round((1 - float(rec.ratio[b])) * size[0])] if len(size) == 1 else \
+            [round(side * n) for n in size]
+        where = pasted.nonzero()
+        assert where.shape[0] == math.prod(extent)  # a whole box of that size...
+        if where.numel():  # ...in one piece
+            assert (where.max(0).values - where.min(0).values + 1).tolist() == extent
+        kept = 1 - math.prod(extent) / math.prod(size)
+        assert float(out.view.mix.ratio[b]) == pytest.approx(kept, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_function_matching_store_replays_the_mixed_images_the_teacher_labelled(
+        tmp_path, teacher, labelled, mode):
+    stats = generate(store_config(tmp_path, teacher, view=fm_view(mode)), verbose=False)
+    assert stats["bytes_per_view"] == 19  # 14 + partner (uint32) + ratio (uint8)
+    store = SoftLabelStore(stats["path"])
+    assert store.layout.has_mix
+    assert store.meta["view"]["mix"] == {"alpha": 0.5, "mode": mode}
+    seen = torch.cat(labelled)  # one row per record, ordered (sample, view)
+    data = api.build_data(parse_config(synthetic_config(tmp_path)))
+    out = replay(store, data, list(range(0, 96, 5)), repeats=2)
+    assert out.inputs.shape == (40, 1, 8, 8) and out.targets is None  # labels: false
+    rows = out.view.sample * 4 + out.view.view
+    assert torch.equal(out.inputs, seen[rows])  # bit-identical to the labelled input
+    net = api.build_teacher(parse_config({**synthetic_config(tmp_path),
+                                          "teacher": {"run": str(teacher)}}), 4, (1, 8, 8))
+    indices = torch.log_softmax(net(out.inputs).logits, -1).topk(3, -1).indices
+    assert torch.equal(indices, out.view.records.indices)
+    check_mix_from_the_math(store, data, out, mode)
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_function_matching_store_of_noisy_signals_replays_exactly(tmp_path, labelled, mode):
+    data_cfg = {"name": "synthetic", "input_shape": [1, 40], "num_train": 64, "num_test": 16,
+                "batch_size": 32, "num_classes": 4, "val_fraction": 0.25}
+    t_cfg = synthetic_config(tmp_path, name="t1d", data=data_cfg, student={"name": "cnn1d"})
+    t_run = api.train(parse_config(t_cfg), verbose=False).run_dir
+    labelled.clear()
+    cfg = store_config(tmp_path, t_run, data=data_cfg,
+                       view=fm_view(mode, noise_std=0.3, flip=0.5, labels=True))
+    stats = generate(cfg, verbose=False)
+    assert stats["bytes_per_view"] == 17  # signal: crop 2 bytes, not 4
+    store = SoftLabelStore(stats["path"])
+    data = api.build_data(parse_config({**t_cfg, "data": data_cfg}))
+    out = replay(store, data, list(range(48)))
+    rows = out.view.sample * 4 + out.view.view
+    assert torch.equal(out.inputs, torch.cat(labelled)[rows])
+    net = api.build_teacher(parse_config({**t_cfg, "teacher": {"run": str(t_run)}}), 4, (1, 40))
+    indices = torch.log_softmax(net(out.inputs).logits, -1).topk(3, -1).indices
+    assert torch.equal(indices, out.view.records.indices)
+    check_mix_from_the_math(store, data, out, mode)
+    # labels: true gives mixed one-hot targets: own share on the own class, rest on the partner's
+    own_y = data.train.__getitems__(list(range(48)))["target"]
+    partner_y = data.train.__getitems__(out.view.records.partner.tolist())["target"]
+    ratio = out.view.mix.ratio
+    expected = torch.nn.functional.one_hot(own_y, 4) * ratio[:, None] + \
+        torch.nn.functional.one_hot(partner_y, 4) * (1 - ratio[:, None])
+    assert torch.allclose(out.targets, expected.float())
+
+
+def test_partners_cover_the_whole_set_and_records_do_not_depend_on_sharding(
+        tmp_path, teacher, labelled):
+    first = generate(store_config(tmp_path, teacher, view=fm_view("cutmix")), verbose=False)
+    store = SoftLabelStore(first["path"])
+    samples, views = torch.arange(96).repeat_interleave(4), torch.arange(4).repeat(96)
+    rec = store.read(samples, views)
+    assert (rec.partner != samples).all()
+    assert torch.unique(rec.partner).numel() >= 85  # 384 draws over 95 others: ~94 expected
+    in_shard0 = samples < 40  # samples_per_shard is 40: partners come from every shard
+    assert (rec.partner[in_shard0] >= 80).any() and (rec.partner[~in_shard0] < 40).any()
+    seen = torch.cat(labelled)
+    labelled.clear()
+    # every record is a pure function of (store seed, sample, view): one shard, other batches
+    other = store_config(tmp_path, teacher, name="one-shard", view=fm_view("cutmix"),
+                         store={"views_per_sample": 4, "top_k": 3, "samples_per_shard": 96,
+                                "batch_size": 28})
+    again = SoftLabelStore(generate(other, verbose=False)["path"])
+    assert torch.equal(torch.cat(labelled), seen)
+    rec2 = again.read(samples, views)
+    for field in ("crop", "flip", "partner", "ratio"):
+        assert torch.equal(getattr(rec2, field), getattr(rec, field))
+
+
+def test_function_matching_generation_resumes_with_identical_records(tmp_path, teacher):
+    cfg = store_config(tmp_path, teacher, view=fm_view("mixup"))
+    generate(cfg, verbose=False)
+    root = tmp_path / "stores" / "store"
+    shards = sorted(root.glob("shard-*.bin"))
+    before = [s.read_bytes() for s in shards]
+    shards[1].unlink()
+    damaged = bytearray(before[2])
+    damaged[3] ^= 0xFF
+    shards[2].write_bytes(bytes(damaged))
+    stats = generate(cfg, verbose=False)  # rewrites the missing and the corrupt shard
+    assert stats["skipped_shards"] == 1 and stats["views"] == (96 - 40) * 4
+    assert [s.read_bytes() for s in shards] == before
+    SoftLabelStore(root).verify()
+
+
+def test_second_teacher_labels_the_same_mixed_views(tmp_path, teacher, labelled):
+    first = generate(store_config(tmp_path, teacher, view=fm_view("cutmix")), verbose=False)
+    seen_first = torch.cat(labelled)
+    labelled.clear()
+    other = api.train(parse_config(synthetic_config(tmp_path, name="teacher2", seed=5,
+                                                    student={"name": "mlp"})),
+                      verbose=False).run_dir
+    labelled.clear()
+    cfg = store_config(tmp_path, other, name="store2", seed=99, view=fm_view("cutmix"),
+                       store={"views_per_sample": 4, "top_k": 3, "samples_per_shard": 40,
+                              "views_from": first["path"]})
+    second = generate(cfg, verbose=False)
+    assert torch.equal(torch.cat(labelled), seen_first)  # the very same mixed inputs
+    a, b = SoftLabelStore(first["path"]), SoftLabelStore(second["path"])
+    samples, views = torch.arange(96).repeat_interleave(4), torch.arange(4).repeat(96)
+    ra, rb = a.read(samples, views), b.read(samples, views)
+    for field in ("crop", "flip", "partner", "ratio"):
+        assert torch.equal(getattr(ra, field), getattr(rb, field))
+    assert b.meta["store_seed"] == a.meta["store_seed"] and b.layout.has_mix
+    data = api.build_data(parse_config(synthetic_config(tmp_path)))
+    out = replay(b, data, list(range(20)))
+    assert torch.equal(out.inputs, seen_first[out.view.sample * 4 + out.view.view])
+    for view in ({"name": "consistent"}, fm_view("mixup")):  # other geometry: refused
+        bad = store_config(tmp_path, other, name="store3", view=view,
+                           store={"views_per_sample": 4, "views_from": first["path"]})
+        with pytest.raises(ConfigError, match="views_from"):
+            generate(bad, verbose=False)
+
+
+def test_function_matching_store_errors_name_the_fix(tmp_path, teacher):
+    stats = generate(store_config(tmp_path, teacher, view=fm_view("mixup")), verbose=False)
+    store = SoftLabelStore(stats["path"])
+    with pytest.raises(ConfigError, match="dataset=train_set"):
+        StoreView(store, (1, 8, 8))
+    small = api.build_data(parse_config(synthetic_config(tmp_path, data={"num_train": 60})))
+    with pytest.raises(StoreError, match="96"):
+        StoreView(store, (1, 8, 8), dataset=small.train)
+    with pytest.raises(ConfigError, match="function_matching"):
+        store_config(tmp_path, teacher, view={"name": "independent"})
+    with pytest.raises(ConfigError, match="mixer"):
+        generate(store_config(tmp_path, teacher, name="bad", view=fm_view("mixer")),
+                 verbose=False)
+    assert not (tmp_path / "stores" / "bad").exists()  # refused before labelling anything
+
+
+def test_training_from_a_function_matching_store_is_deterministic(tmp_path, teacher):
+    stats = generate(store_config(tmp_path, teacher, view=fm_view("cutmix")), verbose=False)
+
+    def run(name):
+        cfg = synthetic_config(tmp_path, name=name, student={"name": "mlp", "hidden": [16]},
+                               teacher={"store": stats["path"], "repeats": 2},
+                               losses=[{"name": "kd", "T": 1}])
+        return api.train(parse_config(cfg), verbose=False)
+
+    a, b = run("fm-a"), run("fm-b")
+    assert a.summary["teacher_params"] == 0  # the teacher never ran
+    wa = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)["student"]
+    wb = torch.load(b.run_dir / "checkpoint.pt", weights_only=False)["student"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert math.isfinite(a.summary["val"]["nll"])

@@ -110,12 +110,15 @@ def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
 
 
 def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...],
-                   teacher: Teacher | None = None) -> View | None:
+                   teacher: Teacher | None = None, dataset: Any = None) -> View | None:
+    """The run's view; for a store, its replay (``dataset``: the training set, from which
+    replaying mixed views loads the mixing partners)."""
     if isinstance(teacher, StoredTeacher):
         if cfg.view is not None:
             raise ConfigError("a run that learns from a soft-label store replays the store's own "
                               "views; remove the 'view' section")
-        return StoreView(teacher.store, input_shape, repeats=cfg.teachers[0].repeats)
+        return StoreView(teacher.store, input_shape, repeats=cfg.teachers[0].repeats,
+                         dataset=dataset)
     if cfg.view is None:
         return None
     return build_view(cfg.view.name, input_shape, num_classes, **cfg.view.options)
@@ -203,7 +206,7 @@ class Run:
             write_json(self.run_dir / MODEL_FILE,
                        {"name": cfg.student.name, "options": cfg.student.options,
                         "num_classes": k, "input_shape": list(shape)})
-        view = build_run_view(cfg, k, shape, distiller.teacher)
+        view = build_run_view(cfg, k, shape, distiller.teacher, dataset=data.train)
         eval_teacher = check_store(cfg, data, distiller.teacher)
         self.trainer = Trainer(
             distiller, data.train, data.val, num_classes=k, optim=cfg.optim,

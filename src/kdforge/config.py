@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdforge.core.errors import ConfigError
 
@@ -174,8 +181,19 @@ class StoreOptions(_Strict):
                                    "(same samples and geometry: ensemble labels)")
 
 
+#: Views a soft-label store can hold: those where the teacher sees exactly the student's
+#: input (``fixed`` stores the one un-augmented view per sample).
+STORE_VIEWS = ("consistent", "fixed", "function_matching")
+
+
 class SoftLabelConfig(_Strict):
-    """``kdforge soft-labels CONFIG``: run the teacher once over many views, store the labels."""
+    """``kdforge soft-labels CONFIG``: run the teacher once over many views, store the labels.
+
+    ``view`` takes the options of a training run's view section: ``consistent`` (random
+    crops and flips), ``fixed`` (one un-augmented view) or ``function_matching`` (crops
+    mixed with a partner sample's view by ``mode: mixup`` or ``cutmix`` with ``alpha``; the
+    teacher labels the mixed input).
+    """
 
     name: str = "store"
     seed: int = 0
@@ -187,6 +205,16 @@ class SoftLabelConfig(_Strict):
     view: ViewConfig = Field(default_factory=lambda: ViewConfig(name="consistent"))
     store: StoreOptions = Field(default_factory=StoreOptions)
     device: str = "auto"
+
+    @field_validator("view")
+    @classmethod
+    def _storable_view(cls, view: ViewConfig) -> ViewConfig:
+        if view.name not in STORE_VIEWS:
+            raise ValueError(
+                f"a store holds views the teacher and the student see alike; {view.name!r} "
+                f"cannot be stored: use one of {', '.join(STORE_VIEWS)}"
+            )
+        return view
 
     @property
     def teachers(self) -> list[TeacherConfig]:

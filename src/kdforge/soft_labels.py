@@ -6,6 +6,12 @@ made, so the stored parameters replay the labelled view exactly. The teacher (or
 labels the views in large batches under ``torch.inference_mode``; the top-k classes and
 their log-probabilities go into fixed-size records (:mod:`kdforge.teachers.store`).
 
+``view: {name: function_matching}`` stores the views of Beyer et al. 2022's function
+matching: each view's consistent crop is mixed (mixup, Zhang et al. 2018, or CutMix, Yun et
+al. 2019) with the same view id of a partner sample drawn from the whole training set, the
+teacher labels the mixed input, and the record keeps the partner and the quantised ratio
+(:class:`kdforge.teachers.stored.MixedViews` says how every parameter is derived).
+
 Generation is resumable (finished shards are verified and skipped) and splits its shards
 over ``torchrun`` processes. The training set is the one a run with the same ``data``
 section trains on (after the validation split), so sample ``i`` of the store is sample
@@ -24,9 +30,10 @@ import numpy as np
 import torch
 
 from kdforge import api
-from kdforge.config import RunConfig, SoftLabelConfig, TeacherConfig
+from kdforge.config import STORE_VIEWS, RunConfig, SoftLabelConfig, TeacherConfig
 from kdforge.core.errors import ConfigError
-from kdforge.data.augment import make_augment
+from kdforge.data.augment import Mixup, make_augment
+from kdforge.data.views import FunctionMatchingView, build_view
 from kdforge.engine import distributed
 from kdforge.engine.trainer import resolve_device
 from kdforge.teachers.store import (
@@ -36,9 +43,9 @@ from kdforge.teachers.store import (
     quantize_crop,
     view_seed,
 )
+from kdforge.teachers.stored import MixedViews, view_meta
 
-#: Views the store can replay: the teacher sees exactly the student's (augmented) input.
-STORE_VIEWS = ("consistent", "fixed")
+__all__ = ["STORE_VIEWS", "generate", "store_path", "teacher_identity"]
 
 
 def teacher_identity(teachers: list[TeacherConfig]) -> list[dict[str, Any]]:
@@ -79,7 +86,7 @@ def store_path(cfg: SoftLabelConfig) -> Path:
 
 def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     """Label ``views_per_sample`` views of every training sample; returns timing figures."""
-    if cfg.view.name not in STORE_VIEWS:
+    if cfg.view.name not in STORE_VIEWS:  # SoftLabelConfig refuses it; built by hand?
         raise ConfigError(
             f"a store holds views both sides see alike; view {cfg.view.name!r} is not one of "
             f"{STORE_VIEWS}"
@@ -90,25 +97,30 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     run_cfg = _as_run_config(cfg)
     data = api.build_data(run_cfg)
     k_classes, shape = data.splits.num_classes, data.splits.input_shape
+    fixed = cfg.view.name == "fixed"
+    augment, mixup, labels = _store_view(cfg, shape, k_classes)  # options checked first
     teacher = api.build_teacher(run_cfg, k_classes, shape)
     assert teacher is not None
     teacher.to(device)
-    fixed = cfg.view.name == "fixed"
-    augment = None if fixed else make_augment(shape, **cfg.view.options)
     views = 1 if fixed else cfg.store.views_per_sample
-    source = _views_source(cfg, len(data.train), views, augment)
+    described = view_meta(cfg.view.name, augment, mixup, labels)
+    source = _views_source(cfg, len(data.train), views, described)
     seed = int(source.meta["store_seed"]) if source is not None else cfg.seed
+    mixed = None
+    if mixup is not None:
+        assert augment is not None
+        mixed = MixedViews(augment, mixup, seed, len(data.train))
     layout = StoreLayout(
         num_samples=len(data.train), views_per_sample=views, num_classes=k_classes,
         top_k=min(cfg.store.top_k, k_classes), value_format=cfg.store.value_format,
-        view_kind="none" if fixed else ("image" if len(shape) == 3 else "signal"))
+        view_kind="none" if fixed else ("image" if len(shape) == 3 else "signal"),
+        has_mix=mixed is not None)
     meta = {
         "teacher": teacher_identity(cfg.teachers),
         "ensemble": cfg.ensemble if len(cfg.teachers) > 1 else None,
         "dataset": {"name": cfg.data.name, "length": len(data.train),
                     "options": cfg.data.options, "val_fraction": cfg.data.val_fraction},
-        "view": {"name": cfg.view.name,
-                 "augment": augment.config() if augment is not None else None},
+        "view": described,
         "store_seed": seed,
         "input_shape": list(shape),
         "views_from": str(source.path) if source is not None else None,
@@ -123,7 +135,7 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     for shard in mine:
         lo, hi = writer.shard_samples(shard)
         records, seconds = _label_shard(writer, teacher, data.train, lo, hi, views, augment,
-                                        cfg, device, seed, source)
+                                        cfg, device, seed, source, mixed)
         writer.write_shard(shard, records)
         labelled += (hi - lo) * views
         teacher_time += seconds
@@ -146,28 +158,52 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     return stats
 
 
+def _store_view(cfg: SoftLabelConfig, shape: tuple[int, ...], num_classes: int
+                ) -> tuple[Any, Mixup | None, bool]:
+    """The view's augmentation, mixup (function matching) and ``labels`` option, built and
+    checked with the options a training run's ``view`` section takes."""
+    if cfg.view.name == "fixed":
+        return None, None, False
+    if cfg.view.name == "consistent":
+        return make_augment(shape, **cfg.view.options), None, False
+    view = build_view(cfg.view.name, shape, num_classes, **cfg.view.options)
+    assert isinstance(view, FunctionMatchingView)
+    return view.augment, view.mixup, view.labels
+
+
+#: The parts of ``meta["view"]`` that fix the views' geometry (``labels`` only matters to
+#: training, so a store may relabel the views of one that differs in it).
+_GEOMETRY = ("name", "augment", "mix")
+
+
 def _views_source(cfg: SoftLabelConfig, num_samples: int, views: int,
-                  augment) -> SoftLabelStore | None:
+                  described: dict[str, Any]) -> SoftLabelStore | None:
     """The store whose views are to be labelled again (``store.views_from``), checked."""
     if cfg.store.views_from is None:
         return None
     source = SoftLabelStore(cfg.store.views_from)
     source.check_compatible(num_samples=num_samples, dataset=cfg.data.name)
-    mine = {"name": cfg.view.name, "augment": augment.config() if augment is not None else None}
     theirs = source.meta.get("view")
+    mine = {k: v for k, v in described.items() if k in _GEOMETRY}
+    geometry = {k: v for k, v in theirs.items() if k in _GEOMETRY} if isinstance(
+        theirs, dict) else theirs
     if source.views_per_sample != views or json.dumps(mine, sort_keys=True) != json.dumps(
-            theirs, sort_keys=True):
+            geometry, sort_keys=True):
         raise ConfigError(
             f"store.views_from: {source.path} holds {source.views_per_sample} views per sample "
-            f"of view {theirs}; this config asks for {views} of {mine}. Use the same view "
+            f"of view {geometry}; this config asks for {views} of {mine}. Use the same view "
             "section and views_per_sample"
         )
+    if source.layout.has_mix != ("mix" in mine):
+        raise ConfigError(f"store.views_from: {source.path} has has_mix="
+                          f"{source.layout.has_mix}, which does not fit view {mine['name']!r}")
     return source
 
 
 def _label_shard(writer: SoftLabelStoreWriter, teacher, train, lo: int, hi: int, views: int,
                  augment, cfg: SoftLabelConfig, device: torch.device, seed: int,
-                 source: SoftLabelStore | None) -> tuple[np.ndarray, float]:
+                 source: SoftLabelStore | None,
+                 mixed: MixedViews | None = None) -> tuple[np.ndarray, float]:
     """Records of all views of samples [lo, hi), ordered (sample, view)."""
     per_chunk = max(1, cfg.store.batch_size // views)
     generator = torch.Generator(device=device)
@@ -180,8 +216,12 @@ def _label_shard(writer: SoftLabelStoreWriter, teacher, train, lo: int, hi: int,
         x = batch["input"].to(device)
         samples = torch.arange(first, last).repeat_interleave(views)
         view_ids = torch.arange(views).repeat(last - first)
-        crop = flip = None
-        if augment is not None:
+        crop = flip = partner = ratio = None
+        if mixed is not None:
+            x = x.repeat_interleave(views, 0)
+            x, crop, flip, partner, ratio = _mixed_views(mixed, train, x, samples, view_ids,
+                                                         source)
+        elif augment is not None:
             x = x.repeat_interleave(views, 0)
             if source is not None:  # the same geometry as the source store, view for view
                 params = source.read(samples, view_ids).to(device).augment_params()
@@ -197,5 +237,28 @@ def _label_shard(writer: SoftLabelStoreWriter, teacher, train, lo: int, hi: int,
             logp = torch.log_softmax(teacher(x).logits.float(), dim=-1)
             values, indices = logp.topk(writer.layout.top_k, dim=-1)
         teacher_time += time.perf_counter() - t0
-        parts.append(writer.encode(indices, values, crop=crop, flip=flip))
+        parts.append(writer.encode(indices, values, crop=crop, flip=flip, partner=partner,
+                                   ratio=ratio))
     return np.concatenate(parts), teacher_time
+
+
+def _mixed_views(mixed: MixedViews, train, x: torch.Tensor, samples: torch.Tensor,
+                 view_ids: torch.Tensor, source: SoftLabelStore | None) -> tuple[torch.Tensor, ...]:
+    """Function matching: the mixed inputs of views ``(samples, view_ids)`` and what their
+    records store (own crop, flip, partner, ratio); ``x`` holds the samples' inputs.
+
+    Every parameter is a pure function of (store seed, sample, view) (see
+    :class:`MixedViews`), or is read from the ``views_from`` store, so the partner's view is
+    the crop its own record (partner, view) holds, whichever shard or process writes it.
+    """
+    if source is not None:
+        records = source.read(samples, view_ids)
+        own, partner, ratio = records.augment_params(), records.partner, records.ratio
+        assert partner is not None and ratio is not None
+        partner_view = source.read(partner, view_ids).augment_params()
+    else:
+        own, partner, ratio = mixed.draw(samples, view_ids)
+        partner_view = mixed.crops(partner, view_ids)
+    x_partner = train.__getitems__(partner.tolist())["input"]
+    inputs, _ = mixed.render(x, x_partner, samples, view_ids, own, partner, partner_view, ratio)
+    return inputs, own.crop, own.flip, partner, ratio

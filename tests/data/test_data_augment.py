@@ -363,6 +363,33 @@ def test_cutmix_on_signals_and_without_size() -> None:
         mix.apply(x, loose)
 
 
+def test_from_uniforms_and_boxes_give_what_sample_draws() -> None:
+    # the counter-based path of the soft-label store maps uniforms with the same math
+    for aug in (ImageAugment(), SignalAugment(flip=0.5, noise_std=0.1)):
+        drawn = aug.sample(16, gen(30))
+        u = torch.rand((aug.num_uniforms, 16), generator=gen(30), dtype=torch.float64)
+        mapped = aug.from_uniforms(u)
+        assert torch.equal(mapped.crop, drawn.crop) and torch.equal(mapped.flip, drawn.flip)
+        assert mapped.noise_seed is None
+    with pytest.raises(ConfigError, match=r"\(5, B\)"):
+        ImageAugment().from_uniforms(torch.rand(3, 4))
+    mix = Mixup(alpha=1.0, mode="cutmix")
+    for size in ((12, 10), (50,), None):
+        params = mix.sample(3, gen(31), size=size)
+        g = gen(31)
+        a = float(torch.rand(1, generator=g, dtype=torch.float64))
+        u = torch.rand((2, 1), generator=g, dtype=torch.float64)
+        kept, box = Mixup.boxes(torch.tensor([max(a, 1 - a)], dtype=torch.float64), u, size)
+        assert torch.equal(box[0], params.box[0]) and float(params.ratio[0]) == float(
+            torch.tensor(float(kept[0]), dtype=torch.float32))
+    ratio = 0.5 + 0.5 * torch.rand(6, generator=gen(32), dtype=torch.float64)
+    u = torch.rand((2, 6), generator=gen(33), dtype=torch.float64)
+    kept, box = Mixup.boxes(ratio, u, (12, 10))  # one box per row, each row alone
+    for b in range(6):
+        k1, b1 = Mixup.boxes(ratio[b : b + 1], u[:, b : b + 1], (12, 10))
+        assert torch.equal(b1[0], box[b]) and k1[0] == kept[b]
+
+
 # --- parameter containers --------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdforge.core.errors import KDForgeError
+from kdforge.core.errors import ConfigError, KDForgeError
+from kdforge.data.augment import ImageAugment, Mixup, SignalAugment, seeded_uniform
 from kdforge.teachers.store import (
     SoftLabelStore,
     SoftLabelStoreWriter,
@@ -17,9 +18,13 @@ from kdforge.teachers.store import (
     log_probs,
     quantize_crop,
     quantize_ratio,
+    ratio_code_cdf,
+    ratio_from_uniform,
     soft_targets,
     view_seed,
+    view_uniforms,
 )
+from kdforge.teachers.stored import MixedViews
 
 META = {
     "teacher": {"name": "resnet18", "sha256": "abc123"},
@@ -457,3 +462,73 @@ def test_check_compatible(tmp_path):
         build_store(tmp_path / "bare", layout_of(), meta={})
     with pytest.raises(StoreError, match="records no 'teacher'"):
         SoftLabelStore(tmp_path / "bare").check_compatible(teacher="x")
+
+
+# --- function matching: mixup ratios, counter-based draws, mixed views ----------------------
+
+
+def folded_cdf_closed_form(alpha, x):
+    """P(max(a, 1 - a) <= x), a ~ Beta(alpha, alpha), from I_y(alpha, alpha) in closed form."""
+    y = 1.0 - x
+    regularized = {1.0: y, 2.0: 3 * y**2 - 2 * y**3, 0.5: 2 / math.pi * torch.asin(y.sqrt())}
+    return 1.0 - 2.0 * regularized[alpha]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_ratios_drawn_by_inversion_have_the_law_of_the_quantised_folded_beta(alpha):
+    x = torch.linspace(0.5, 1.0, 101, dtype=torch.float64)
+    assert torch.allclose(Mixup(alpha).folded_cdf(x), folded_cdf_closed_form(alpha, x),
+                          atol=1e-12)
+    table = ratio_code_cdf(Mixup(alpha).folded_cdf)
+    # code j takes the ratios that round to (255 + j) / 510: upper edge (255.5 + j) / 510
+    edges = (torch.arange(255, dtype=torch.float64) + 255.5) / 510
+    assert torch.allclose(table, folded_cdf_closed_form(alpha, edges), atol=1e-12)
+    u = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000  # a fine grid of quantiles
+    r = ratio_from_uniform(u, table)
+    assert r.dtype == torch.float32 and torch.equal(quantize_ratio(r), r)
+    counts = torch.bincount(torch.round((r.double() - 0.5) * 510).long(), minlength=256)
+    probs = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), table,
+                                  torch.ones(1, dtype=torch.float64)]))
+    assert (counts / 20000 - probs).abs().max() <= 1 / 20000 + 1e-12
+    assert torch.all(r[1:] >= r[:-1])  # inversion: monotone in u
+
+
+def test_view_uniforms_are_pure_and_apart_from_the_noise_stream():
+    sample, view = torch.arange(50).repeat_interleave(4), torch.arange(4).repeat(50)
+    u = view_uniforms(7, sample, view, 9)
+    assert u.shape == (200, 9) and u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
+    assert torch.equal(view_uniforms(7, sample[33:34], view[33:34], 9), u[33:34])
+    noise = seeded_uniform(view_seed(7, sample, view), 9)  # what seeded_normal starts from
+    assert (u != noise).all()
+    assert (view_uniforms(8, sample, view, 9) != u).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("augment", [ImageAugment(), SignalAugment(flip=0.5)])
+def test_mixed_views_are_a_pure_function_of_sample_and_view(augment):
+    n = 60
+    mixed = MixedViews(augment, Mixup(alpha=1.0, mode="cutmix"), store_seed=3, num_samples=n)
+    sample, view = torch.arange(n).repeat_interleave(5), torch.arange(5).repeat(n)
+    own, partner, ratio = mixed.draw(sample, view)
+    # partners: other samples, from the whole set, not only near the sample
+    assert (partner != sample).all() and partner.min() >= 0 and partner.max() < n
+    assert torch.unique(partner).numel() > 0.9 * n
+    assert ((partner - sample).abs() > n // 2).any()
+    # crops on the store's grid; the partner's view of a sample is that sample's own crop
+    assert torch.equal(quantize_crop(own.crop), own.crop)
+    assert torch.equal(mixed.crops(sample, view).crop, own.crop)
+    assert torch.equal(quantize_ratio(ratio), ratio) and ratio.min() >= 0.5
+    for b in (0, 17, 299):  # one view alone gives its batch row
+        alone, p, r = mixed.draw(sample[b:b + 1], view[b:b + 1])
+        assert torch.equal(alone.crop[0], own.crop[b]) and alone.flip[0] == own.flip[b]
+        assert p[0] == partner[b] and r[0] == ratio[b]
+    size = (8, 8) if isinstance(augment, ImageAugment) else (40,)
+    mix = mixed.mix_params(sample, view, partner, ratio, size)
+    again = mixed.mix_params(sample[5:6], view[5:6], partner[5:6], ratio[5:6], size)
+    assert torch.equal(again.box[0], mix.box[5]) and again.ratio[0] == mix.ratio[5]
+    # the box has the area 1 - ratio, snapped to whole pixels
+    pixels = torch.tensor(size, dtype=torch.float64)
+    rank = len(size)
+    box_pixels = (mix.box[:, rank:].double() * pixels).prod(1)
+    assert torch.allclose(1 - box_pixels / pixels.prod(), mix.ratio.double(), atol=1e-6)
+    with pytest.raises(ConfigError, match="at least 2"):
+        MixedViews(augment, Mixup(), store_seed=3, num_samples=1)

@@ -302,6 +302,15 @@ def _check_input(x: Any, rank: int, layout: str, who: str) -> None:
         )
 
 
+def _check_uniforms(u: Any, rows: int, who: str) -> None:
+    if not isinstance(u, Tensor) or u.dim() != 2 or u.shape[0] != rows:
+        shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+        raise ConfigError(
+            f"{who}.from_uniforms expects uniforms of shape ({rows}, B), one row per random "
+            f"number; got {shape}"
+        )
+
+
 def _check_batch(params: _ParamsBase, x: Tensor, who: str) -> None:
     if len(params) not in (0, x.shape[0]):
         raise ConfigError(
@@ -356,6 +365,37 @@ def _symmetric_beta(alpha: float, generator: torch.Generator | None) -> float:
     if g1 + g2 == 0.0:  # both underflowed (tiny alpha): Beta mass sits at 0 and 1
         return 1.0
     return g1 / (g1 + g2)
+
+
+def _symmetric_beta_cdf(alpha: float, y: Tensor) -> Tensor:
+    """The regularized incomplete beta function ``I_y(alpha, alpha)`` for ``y`` in [0, 0.5].
+
+    The hypergeometric series (DLMF 8.17.8) ``I_y(a, b) = y^a (1 - y)^b / (a B(a, b)) *
+    sum_n (a + b)_n / (a + 1)_n y^n``: with ``a = b`` and ``y <= 0.5`` the ratio of
+    successive terms, ``y (2a + n) / (a + 1 + n)``, is below 1 from the first term on, so
+    the sum converges for every ``alpha > 0`` (in about ``-37 / log(2y)`` terms once ``n``
+    exceeds ``2 alpha``). Float64, vectorised over ``y``.
+    """
+    y = torch.as_tensor(y, dtype=torch.float64)
+    if bool(((y < 0.0) | (y > 0.5)).any()):
+        raise ConfigError(f"_symmetric_beta_cdf needs y in [0, 0.5]; got {y.tolist()}")
+    a = float(alpha)
+    log_beta = 2.0 * math.lgamma(a) - math.lgamma(2.0 * a)
+    prefactor = torch.exp(a * torch.log(y) + a * torch.log1p(-y) - math.log(a) - log_beta)
+    term = torch.ones_like(y)
+    total = torch.ones_like(y)
+    for n in range(_MAX_SERIES_TERMS):
+        term = term * ((2.0 * a + n) / (a + 1.0 + n)) * y
+        total = total + term
+        if bool((term <= 1e-17 * total).all()):
+            return prefactor * total
+    raise ConfigError(
+        f"the Beta({a}, {a}) distribution function did not converge in {_MAX_SERIES_TERMS} "
+        "terms at y close to 0.5; use a smaller mixup alpha"
+    )
+
+
+_MAX_SERIES_TERMS = 10**6
 
 
 # --- counter-based Gaussian noise ------------------------------------------------------------
@@ -478,8 +518,14 @@ class _CropAugment:
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    #: uniforms per view that :meth:`from_uniforms` maps to the view's parameters
+    num_uniforms: int = 0
+
     def sample(self, batch_size: int, generator: torch.Generator | None,
                device: torch.device | str | None = None) -> AugmentParams:
+        raise NotImplementedError
+
+    def from_uniforms(self, u: Tensor) -> AugmentParams:
         raise NotImplementedError
 
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
@@ -558,6 +604,8 @@ class ImageAugment(_CropAugment):
         }
 
     _rank, _layout = 4, "(B, C, H, W)"
+    #: uniforms per view that :meth:`from_uniforms` maps to a crop and a flip
+    num_uniforms = 5
 
     def _center_box(self, c: float) -> list[float]:
         return [(1 - c) / 2, (1 - c) / 2, c, c]
@@ -574,7 +622,19 @@ class ImageAugment(_CropAugment):
         uses the global CPU generator) and returns the parameters on ``device`` (default:
         the generator's device).
         """
-        u = _uniform((5, batch_size), generator)
+        params = self.from_uniforms(_uniform((self.num_uniforms, batch_size), generator))
+        return params.to(device) if device is not None else params
+
+    def from_uniforms(self, u: Tensor) -> AugmentParams:
+        """The crops and flips that the uniforms ``u`` ``(5, B)`` in [0, 1) select.
+
+        Row 0 picks the area, 1 the aspect ratio, 2 and 3 the top and left position, 4 the
+        flip. :meth:`sample` feeds it draws of a generator; a soft-label store feeds it
+        counter-based uniforms (:func:`seeded_uniform`), so a view's crop is a pure function
+        of its seed. Elementwise float64 math: column ``b`` gives row ``b`` of the result.
+        """
+        _check_uniforms(u, self.num_uniforms, "ImageAugment")
+        u = u.to(torch.float64)
         lo, hi = self.scale
         area = lo + (hi - lo) * u[0]
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -589,9 +649,7 @@ class ImageAugment(_CropAugment):
         top = u[2] * (1 - height)
         left = u[3] * (1 - width)
         crop = torch.stack((top, left, height, width), dim=1).to(torch.float32)
-        flip = u[4] < self.flip
-        params = AugmentParams(crop=crop, flip=flip)
-        return params.to(device) if device is not None else params
+        return AugmentParams(crop=crop, flip=u[4] < self.flip)
 
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
         """Replay ``params`` on ``x`` (B, C, H, W) -> (B, C, H, W), same dtype and device.
@@ -666,6 +724,8 @@ class SignalAugment(_CropAugment):
         }
 
     _rank, _layout = 3, "(B, C, L)"
+    #: uniforms per view that :meth:`from_uniforms` maps to a window and a reversal
+    num_uniforms = 3
 
     def _center_box(self, c: float) -> list[float]:
         return [(1 - c) / 2, c]
@@ -677,19 +737,26 @@ class SignalAugment(_CropAugment):
         device: torch.device | str | None = None,
     ) -> AugmentParams:
         """Draw windows ``crop`` (B, 2), ``flip`` (B,) and, with noise, ``noise_seed`` (B,)."""
-        u = _uniform((3, batch_size), generator)
+        params = self.from_uniforms(_uniform((self.num_uniforms, batch_size), generator))
+        if self.noise_std > 0:
+            params.noise_seed = torch.randint(
+                0, 2**62, (batch_size,), generator=generator, device=_gen_device(generator)
+            )
+        return params.to(device) if device is not None else params
+
+    def from_uniforms(self, u: Tensor) -> AugmentParams:
+        """The windows and time reversals that the uniforms ``u`` ``(3, B)`` select.
+
+        Row 0 picks the length, 1 the start, 2 the reversal (see
+        :meth:`ImageAugment.from_uniforms`). No noise seed: the caller sets ``noise_seed``.
+        """
+        _check_uniforms(u, self.num_uniforms, "SignalAugment")
+        u = u.to(torch.float64)
         lo, hi = self.scale
         length = lo + (hi - lo) * u[0]
         start = u[1] * (1 - length)
         crop = torch.stack((start, length), dim=1).to(torch.float32)
-        flip = u[2] < self.flip
-        seed = None
-        if self.noise_std > 0:
-            seed = torch.randint(
-                0, 2**62, (batch_size,), generator=generator, device=_gen_device(generator)
-            )
-        params = AugmentParams(crop=crop, flip=flip, noise_seed=seed)
-        return params.to(device) if device is not None else params
+        return AugmentParams(crop=crop, flip=u[2] < self.flip)
 
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
         """Replay ``params`` on ``x`` (B, C, L) -> (B, C, L), same dtype and device."""
@@ -777,32 +844,68 @@ class Mixup:
         partner = torch.roll(torch.arange(batch_size, device=gen_device), 1)
         box = None
         if self.mode == "cutmix":
-            u = _uniform((2,), generator).tolist()
-            a, box_row = self._box(a, u, size)
-            box = torch.tensor(box_row, dtype=torch.float32, device=gen_device)
+            u = _uniform((2, 1), generator)
+            kept, box = self.boxes(torch.tensor([a], dtype=torch.float64, device=u.device), u, size)
+            a = float(kept[0])
             box = box.expand(batch_size, -1).clone()
         ratio = torch.full((batch_size,), a, dtype=torch.float32, device=gen_device)
         params = MixParams(partner=partner, ratio=ratio, box=box)
         return params.to(device) if device is not None else params
 
     @staticmethod
-    def _box(a: float, u: list[float], size: Sequence[int] | None) -> tuple[float, list[float]]:
-        """The CutMix box (fractions) of area ``1 - a`` and the kept-area ratio it implies."""
+    def boxes(
+        ratio: Tensor, u: Tensor, size: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """CutMix boxes of area ``1 - ratio`` placed by the uniforms ``u``, one per row.
+
+        ``ratio`` is ``(B,)`` (the own image's share, in [0.5, 1]), ``u`` ``(2, B)`` uniforms
+        in [0, 1) (row 0 places the box vertically, or the segment of a signal; row 1
+        horizontally). A square of side fraction ``sqrt(1 - ratio)`` (a segment of length
+        fraction ``1 - ratio`` for ``size=(L,)``) lies uniformly inside the input; with
+        ``size`` it is snapped to whole pixels. Returns the float64 kept-area fractions (the
+        exact ``1 - box area`` after snapping) and the float32 boxes ``(B, 4)`` or ``(B, 2)``
+        in fractions, as :class:`MixParams` holds them. Elementwise: row ``b`` depends only
+        on ``ratio[b]`` and ``u[:, b]`` (a soft-label store derives a view's box from its
+        seed instead of storing it).
+        """
         if size is not None and len(size) not in (1, 2):
             raise ConfigError(f"CutMix needs a spatial size (H, W) or (L,); got {tuple(size)}")
+        _check_uniforms(u, 2, "Mixup.boxes")
+        a = ratio.to(device=u.device, dtype=torch.float64)
+        u = u.to(torch.float64)
         if size is not None and len(size) == 1:
             (n,) = size
-            length = round((1.0 - a) * n)
-            start = min(int(u[0] * (n - length + 1)), n - length)
-            return 1.0 - length / n, [start / n, length / n]
-        side = math.sqrt(1.0 - a)
+            length = torch.round((1.0 - a) * n)
+            start = torch.minimum(torch.floor(u[0] * (n - length + 1)), n - length)
+            box = torch.stack((start / n, length / n), dim=1)
+            return 1.0 - length / n, box.to(torch.float32)
+        side = torch.sqrt(1.0 - a)
         if size is None:
-            return 1.0 - side * side, [u[0] * (1 - side), u[1] * (1 - side), side, side]
+            box = torch.stack((u[0] * (1 - side), u[1] * (1 - side), side, side), dim=1)
+            return 1.0 - side * side, box.to(torch.float32)
         h, w = size
-        bh, bw = round(side * h), round(side * w)
-        top = min(int(u[0] * (h - bh + 1)), h - bh)
-        left = min(int(u[1] * (w - bw + 1)), w - bw)
-        return 1.0 - (bh * bw) / (h * w), [top / h, left / w, bh / h, bw / w]
+        bh, bw = torch.round(side * h), torch.round(side * w)
+        top = torch.minimum(torch.floor(u[0] * (h - bh + 1)), h - bh)
+        left = torch.minimum(torch.floor(u[1] * (w - bw + 1)), w - bw)
+        box = torch.stack((top / h, left / w, bh / h, bw / w), dim=1)
+        return 1.0 - (bh * bw) / (h * w), box.to(torch.float32)
+
+    def folded_cdf(self, x: Tensor) -> Tensor:
+        """``P(max(a, 1 - a) <= x)`` for ``a ~ Beta(alpha, alpha)``: the law of :meth:`sample`'s
+        folded ratio, at ``x`` in [0.5, 1] (float64, same shape).
+
+        By symmetry it is ``1 - 2 I_{1-x}(alpha, alpha)`` with the regularized incomplete
+        beta function ``I`` (see :func:`_symmetric_beta_cdf`); for ``alpha = 1`` it is
+        ``2x - 1``. A soft-label store draws a view's ratio from it by inversion, so each
+        ratio is a pure function of a uniform (:func:`kdforge.teachers.store.ratio_from_uniform`).
+        """
+        x = torch.as_tensor(x, dtype=torch.float64)
+        outside = (x < 0.5) | (x > 1.0)
+        if bool(outside.any()):
+            raise ConfigError(
+                f"Mixup.folded_cdf is defined on [0.5, 1]; got {x[outside][:5].tolist()}"
+            )
+        return (1.0 - 2.0 * _symmetric_beta_cdf(self.alpha, 1.0 - x)).clamp(0.0, 1.0)
 
     def apply(self, x: Tensor, params: MixParams) -> Tensor:
         """Mix ``x`` (B, C, L) or (B, C, H, W) with ``x[params.partner]``: same shape/dtype."""
@@ -857,12 +960,35 @@ class Mixup:
             return inside[0][:, None, :]
         return (inside[0][:, :, None] & inside[1][:, None, :])[:, None]
 
-    def mix_targets(self, targets: Tensor, params: MixParams, num_classes: int) -> Tensor:
+    def mix_targets(self, targets: Tensor, params: MixParams, num_classes: int,
+                    partner_targets: Tensor | None = None) -> Tensor:
         """Soft targets ``(B, K)`` float32: ``ratio * y + (1 - ratio) * y[partner]``.
 
         ``targets`` is ``(B,)`` int64 class indices (one-hot encoded) or ``(B, K)``
-        probabilities (e.g. a teacher's, mixed the same way).
+        probabilities (e.g. a teacher's, mixed the same way). ``partner_targets`` (same
+        form) gives the partners' targets row by row instead of ``targets[partner]``: for
+        partners outside the batch, as with :meth:`apply_pair`.
         """
+        probs = self._target_probs(targets, num_classes)
+        if len(params) != len(probs):
+            raise ConfigError(
+                f"Mixup.mix_targets: {len(params)} parameter rows for {len(probs)} targets"
+            )
+        ratio = params.ratio.to(probs.device)[:, None]  # type: ignore[union-attr]
+        if partner_targets is None:
+            other = probs[params.partner.to(probs.device)]  # type: ignore[union-attr]
+        else:
+            other = self._target_probs(partner_targets, num_classes).to(probs.device)
+            if other.shape != probs.shape:
+                raise ConfigError(
+                    f"Mixup.mix_targets: partner_targets {tuple(partner_targets.shape)} must "
+                    f"match targets {tuple(targets.shape)}"
+                )
+        return probs * ratio + other * (1 - ratio)
+
+    @staticmethod
+    def _target_probs(targets: Tensor, num_classes: int) -> Tensor:
+        """``(B,)`` class indices (one-hot encoded) or ``(B, K)`` probabilities, as float32."""
         if targets.dim() == 1:
             if targets.dtype.is_floating_point or targets.dtype == torch.bool:
                 raise ConfigError(f"class targets must be integers; got {targets.dtype}")
@@ -879,13 +1005,7 @@ class Mixup:
                 f"targets must be (B,) class indices or (B, {num_classes}) probabilities; got "
                 f"{tuple(targets.shape)}"
             )
-        if len(params) != len(probs):
-            raise ConfigError(
-                f"Mixup.mix_targets: {len(params)} parameter rows for {len(probs)} targets"
-            )
-        ratio = params.ratio.to(probs.device)[:, None]  # type: ignore[union-attr]
-        partner = params.partner.to(probs.device)  # type: ignore[union-attr]
-        return probs * ratio + probs[partner] * (1 - ratio)
+        return probs
 
     def __call__(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, MixParams]:
         """Draw parameters for ``x`` (B, C, L) or (B, C, H, W) and mix: ``(mixed, params)``."""

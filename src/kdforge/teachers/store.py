@@ -69,7 +69,10 @@ it and stores the same numbers; :meth:`SoftLabelStore.read` returns bit-identica
 values. Crops lie on the grid ``j / 255`` (a crop length of at least 1/255; an end that
 rounding would push past 1 is pulled back), ratios on ``(255 + j) / 510``. Per-sample noise
 seeds are not stored: :func:`view_seed` derives them from the store seed, the sample id and
-the view id. Mixup is stored (partner sample id + ratio); a CutMix box is not.
+the view id. Mixup is stored (partner sample id + ratio); a CutMix box is not: function-matching
+stores (:class:`kdforge.teachers.stored.MixedViews`) draw every parameter of a view from
+:func:`view_uniforms`, a pure function of (store seed, sample, view), and derive the box from
+those uniforms and the stored ratio (drawn on its grid by :func:`ratio_from_uniform`).
 
 Several processes may write one store (see :class:`SoftLabelStoreWriter`): each writes a
 disjoint set of shard ids, every shard file comes with a small sidecar ``.json`` holding its
@@ -90,7 +93,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -100,7 +103,7 @@ import torch
 from torch import Tensor
 
 from kdforge.core.errors import StoreError
-from kdforge.data.augment import mix32
+from kdforge.data.augment import mix32, seeded_uniform
 
 __all__ = [
     "FORMAT_VERSION",
@@ -112,8 +115,11 @@ __all__ = [
     "log_probs",
     "quantize_crop",
     "quantize_ratio",
+    "ratio_code_cdf",
+    "ratio_from_uniform",
     "soft_targets",
     "view_seed",
+    "view_uniforms",
 ]
 
 FORMAT_NAME = "kdforge.soft_label_store"
@@ -193,6 +199,37 @@ def quantize_ratio(ratio: Tensor) -> Tensor:
     return _ratio_from_codes(_ratio_codes(ratio)).to(ratio.device)
 
 
+def ratio_code_cdf(folded_cdf: Callable[[Tensor], Tensor]) -> Tensor:
+    """``(255,)`` float64: ``P(quantize_ratio(r) <= (255 + j) / 510)`` for ``j = 0..254``.
+
+    ``folded_cdf`` is the distribution function of the mixup ratio ``r`` on [0.5, 1] (e.g.
+    :meth:`kdforge.data.augment.Mixup.folded_cdf`); it is evaluated at the upper edges
+    ``(255.5 + j) / 510`` of the values :func:`quantize_ratio` rounds to code ``j``. Pass the
+    table to :func:`ratio_from_uniform` (compute it once per distribution).
+    """
+    upper = (torch.arange(255, dtype=torch.float64) + 255.5) / 510.0
+    table = torch.as_tensor(folded_cdf(upper), dtype=torch.float64).reshape(-1)
+    if table.shape != (255,) or not bool(torch.isfinite(table).all()) or bool(
+        (table[1:] < table[:-1]).any()
+    ):
+        raise StoreError("folded_cdf must return a finite non-decreasing value per edge")
+    return table
+
+
+def ratio_from_uniform(u: Tensor, code_cdf: Tensor) -> Tensor:
+    """Mixup ratios on the store's grid by inversion of uniforms ``u`` in (0, 1): float32.
+
+    ``code_cdf`` is :func:`ratio_code_cdf` of the ratio's distribution. The result has
+    exactly the law of ``quantize_ratio(r)`` for ``r`` of that distribution (code ``j`` is
+    returned when ``u`` lies in ``[F_{j-1}, F_j)``), and it is a pure function of ``u``: a
+    counter-based uniform (:func:`kdforge.data.augment.seeded_uniform`) gives a ratio that
+    any process regenerates alone. The values need no further :func:`quantize_ratio`.
+    """
+    u = torch.as_tensor(u, dtype=torch.float64)
+    codes = torch.searchsorted(code_cdf.to(u.device), u.contiguous(), right=True)
+    return _ratio_from_codes(codes)
+
+
 def _check_ratio_range(ratio: Tensor) -> None:
     r = ratio.detach().to(torch.float64)
     bad = ~((r >= 0.5 - 1e-6) & (r <= 1.0 + 1e-6))
@@ -237,6 +274,24 @@ def view_seed(store_seed: int, sample: Tensor, view: Tensor) -> Tensor:
         f = mix32(mix32(right ^ round_key) ^ (round_key >> 3)) & _M31
         left, right = right, left ^ f
     return (left << 31) | right
+
+
+#: XORed into a view's seed before :func:`view_uniforms` hashes it, so a view's drawn
+#: parameters and its noise (:func:`kdforge.data.augment.seeded_normal` of the plain seed)
+#: come from different counter streams.
+_DRAW_KEY = 0x1B873593_5BD1E995 & ((1 << 62) - 1)
+
+
+def view_uniforms(store_seed: int, sample: Tensor, view: Tensor, n: int) -> Tensor:
+    """``(B, n)`` float64 uniforms in (0, 1) of views ``(sample[b], view[b])``.
+
+    A pure function of ``(store_seed, sample, view)``: :func:`view_seed` keyed apart from
+    the noise stream, then :func:`kdforge.data.augment.seeded_uniform`. Stores whose view
+    parameters must be known without the store (function matching: a view's crop is also
+    its partners' view of it, and a CutMix box is not stored) draw them from these numbers,
+    so any process regenerates the parameters of any view alone.
+    """
+    return seeded_uniform(view_seed(store_seed, sample, view) ^ _DRAW_KEY, n)
 
 
 @functools.lru_cache(maxsize=64)

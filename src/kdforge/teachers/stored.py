@@ -6,55 +6,268 @@ from the store seed), and hands the view's record to ``StoredTeacher``, which re
 stored soft label as ``Outputs`` (log-probabilities as logits, so a KD temperature still
 applies). With ``repeats=m`` each loaded sample yields ``m`` views in the batch, as FKD's
 multi-crop loading: the data loading cost per view falls by ``m``.
+
+Function matching (Beyer et al., "Knowledge distillation: A good teacher is patient and
+consistent", CVPR 2022) can run from a store too: each stored view is a consistent crop
+mixed, by mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018) or
+CutMix (Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
+Localizable Features", ICCV 2019), with a view of a partner sample, and the stored label is
+the teacher's label *of the mixed input*, not a mix of labels. :class:`MixedViews` defines
+those views once, for the generator and for the replay; the replay loads each partner
+sample from the training set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from kdforge.core.errors import ConfigError
+from kdforge.core.errors import ConfigError, StoreError
 from kdforge.core.outputs import Batch, Outputs
-from kdforge.data.augment import make_augment
+from kdforge.data.augment import (
+    AugmentParams,
+    ImageAugment,
+    MixParams,
+    Mixup,
+    SignalAugment,
+    make_augment,
+)
 from kdforge.data.views import View
 from kdforge.teachers.base import Teacher
-from kdforge.teachers.store import FILL_MODES, SoftLabelStore, StoreRecords
+from kdforge.teachers.store import (
+    FILL_MODES,
+    SoftLabelStore,
+    StoreRecords,
+    quantize_crop,
+    ratio_code_cdf,
+    ratio_from_uniform,
+    view_seed,
+    view_uniforms,
+)
 
 
 @dataclass
 class StoredViewRecord:
-    """Which stored view each row of a batch is (sample ids and view ids) and its record."""
+    """Which stored view each row of a batch is (sample ids and view ids) and its record.
+
+    ``mix`` (function-matching stores): the mix that was replayed, with ``partner`` holding
+    the partners' *sample ids* and ``ratio`` the own input's share (for CutMix the exact
+    kept-area fraction of the pixel-snapped box).
+    """
 
     sample: Tensor
     view: Tensor
     records: StoreRecords
+    mix: MixParams | None = None
+
+
+class MixedViews:
+    """The function-matching views of a store: a consistent crop mixed with a partner's view.
+
+    View ``v`` of sample ``i`` is a pure function of ``(store seed, i, v)``: with ``m =
+    augment.num_uniforms`` and ``u = view_uniforms(seed, i, v, m + 4)``,
+
+    * ``u[:m]`` is the sample's own crop and flip (``augment.from_uniforms``, then
+      :func:`~kdforge.teachers.store.quantize_crop`), the record's stored ``crop``/``flags``;
+    * ``u[m]`` is the partner ``j = (i + 1 + floor(u[m] (N - 1))) mod N``: uniform over the
+      *whole* training set except ``i`` (stored as ``partner``);
+    * ``u[m + 1]`` is the ratio (the own input's share): the folded ``Beta(alpha, alpha)``
+      ratio of :class:`~kdforge.data.augment.Mixup`, drawn on the store's grid by inversion
+      (:func:`~kdforge.teachers.store.ratio_from_uniform`; stored as ``ratio``);
+    * ``u[m + 2 : m + 4]`` place the CutMix box (:meth:`Mixup.boxes`), whose size follows
+      from the stored ratio: the box is derived at replay, never stored.
+
+    The partner is seen in *its own* view ``v``: the crop and flip that record ``(j, v)``
+    stores (the same function of ``(seed, j, v)``, so shard A can be labelled before shard
+    B that holds ``j`` is) and, for signals with noise, the noise seed ``view_seed(seed, j,
+    v)``. The teacher labels ``mix(own view, partner view)``; :meth:`render` is that
+    computation, used by the generator and by :class:`StoreView`, which is why the replayed
+    input is bit-identical to the labelled one.
+
+    Args:
+        augment: the crop augmentation (the store's ``meta["view"]["augment"]``).
+        mixup: mixup or CutMix (``meta["view"]["mix"]``).
+        store_seed: the store seed.
+        num_samples: ``N``, the training set's size (at least 2).
+    """
+
+    def __init__(self, augment: ImageAugment | SignalAugment, mixup: Mixup, store_seed: int,
+                 num_samples: int) -> None:
+        if num_samples < 2:
+            raise ConfigError(
+                f"function matching mixes each sample with another one; the training set has "
+                f"{num_samples} sample(s): use at least 2"
+            )
+        self.augment = augment
+        self.mixup = mixup
+        self.store_seed = int(store_seed)
+        self.num_samples = int(num_samples)
+        self._code_cdf = ratio_code_cdf(mixup.folded_cdf)
+
+    @classmethod
+    def from_store(cls, store: SoftLabelStore, input_shape: Sequence[int]) -> MixedViews:
+        """The mixed views of a ``has_mix`` store, from its meta (``view`` and ``store_seed``)."""
+        view = store.meta.get("view") or {}
+        if not isinstance(view, dict) or not isinstance(view.get("mix"), dict):
+            raise StoreError(
+                f"the store {store.path} holds mixed views (has_mix) but its meta.json records "
+                "no 'view.mix' settings (alpha, mode); regenerate it with kdforge soft-labels"
+            )
+        if "store_seed" not in store.meta:
+            raise StoreError(f"the store {store.path} records no 'store_seed'; regenerate it")
+        augment = make_augment(tuple(input_shape), **(view.get("augment") or {}))
+        return cls(augment, Mixup(**view["mix"]), int(store.meta["store_seed"]),
+                   store.num_samples)
+
+    def _uniforms(self, sample: Tensor, view: Tensor) -> Tensor:
+        return view_uniforms(self.store_seed, sample, view, self.augment.num_uniforms + 4)
+
+    def _crops(self, u: Tensor) -> AugmentParams:
+        params = self.augment.from_uniforms(u[:, : self.augment.num_uniforms].T.contiguous())
+        params.crop = quantize_crop(params.crop)
+        return params
+
+    def crops(self, sample: Tensor, view: Tensor) -> AugmentParams:
+        """The quantised crops and flips of views ``(sample, view)`` (CPU), as stored."""
+        return self._crops(self._uniforms(sample, view))
+
+    def draw(self, sample: Tensor, view: Tensor) -> tuple[AugmentParams, Tensor, Tensor]:
+        """Own crops and flips, partner sample ids and ratios of views ``(sample, view)``."""
+        sample = torch.as_tensor(sample).to("cpu", torch.int64)
+        view = torch.as_tensor(view).to("cpu", torch.int64)
+        u = self._uniforms(sample, view)
+        m = self.augment.num_uniforms
+        own = self._crops(u)
+        step = torch.floor(u[:, m] * (self.num_samples - 1)).to(torch.int64)
+        partner = (sample + 1 + step) % self.num_samples
+        ratio = ratio_from_uniform(u[:, m + 1], self._code_cdf)
+        return own, partner, ratio
+
+    def mix_params(self, sample: Tensor, view: Tensor, partner: Tensor, ratio: Tensor,
+                   size: Sequence[int]) -> MixParams:
+        """The mix of views ``(sample, view)`` for inputs of spatial ``size`` (CPU).
+
+        Mixup: the stored ratio. CutMix: the box of area ``1 - ratio`` snapped to ``size``
+        and placed by the view's uniforms, with the exact kept-area fraction as ratio.
+        """
+        partner = torch.as_tensor(partner).to("cpu", torch.int64)
+        ratio = torch.as_tensor(ratio).to("cpu", torch.float32)
+        if self.mixup.mode != "cutmix":
+            return MixParams(partner=partner, ratio=ratio)
+        u = self._uniforms(torch.as_tensor(sample).cpu(), torch.as_tensor(view).cpu())
+        m = self.augment.num_uniforms
+        kept, box = Mixup.boxes(ratio, u[:, m + 2 : m + 4].T.contiguous(), tuple(size))
+        return MixParams(partner=partner, ratio=kept.to(torch.float32), box=box)
+
+    def _with_noise(self, params: AugmentParams, sample: Tensor, view: Tensor) -> AugmentParams:
+        seed = None
+        if getattr(self.augment, "noise_std", 0.0) > 0:
+            seed = view_seed(self.store_seed, sample.cpu(), view.cpu())
+        return AugmentParams(crop=params.crop, flip=params.flip, noise_seed=seed)
+
+    def render(self, x: Tensor, x_partner: Tensor, sample: Tensor, view: Tensor,
+               own: AugmentParams, partner: Tensor, partner_view: AugmentParams,
+               ratio: Tensor) -> tuple[Tensor, MixParams]:
+        """The mixed inputs of views ``(sample, view)``, and their mix.
+
+        ``x``: the samples' inputs; ``x_partner``: the partners' inputs (row ``b`` is sample
+        ``partner[b]``), both on the device the result lives on; ``own`` and
+        ``partner_view``: the stored crops and flips of records ``(sample, view)`` and
+        ``(partner, view)``; ``ratio``: the stored ratios. Row ``b`` depends only on row ``b``
+        of every argument.
+        """
+        sample, view = sample.cpu(), view.cpu()
+        own_x = self.augment.apply(x, self._with_noise(own, sample, view).to(x.device))
+        partner_x = self.augment.apply(
+            x_partner.to(device=x.device, dtype=x.dtype),
+            self._with_noise(partner_view, partner.cpu(), view).to(x.device),
+        )
+        mix = self.mix_params(sample, view, partner, ratio, tuple(x.shape[2:]))
+        return self.mixup.apply_pair(own_x, partner_x, mix.to(x.device)), mix
+
+
+def view_meta(name: str, augment: ImageAugment | SignalAugment | None,
+              mixup: Mixup | None = None, labels: bool = False) -> dict[str, Any]:
+    """What a store records as its view (``meta["view"]``), JSON-ready.
+
+    ``{"name", "augment"}`` (the augmentation's options, ``None`` for ``fixed``), plus
+    ``"mix"`` (mixup options) and ``"labels"`` for function matching.
+    """
+    out: dict[str, Any] = {"name": name,
+                           "augment": augment.config() if augment is not None else None}
+    if mixup is not None:
+        out["mix"] = mixup.config()
+        out["labels"] = bool(labels)
+    return out
+
+
+def _load_samples(dataset: Any, ids: Tensor) -> dict[str, Tensor]:
+    """``{"input", "target"}`` of the samples ``ids`` of a data set (batched when it can)."""
+    index = ids.tolist()
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        return getitems(index)
+    items = [dataset[i] for i in index]
+    return {"input": torch.stack([torch.as_tensor(it["input"]) for it in items]),
+            "target": torch.as_tensor([int(it["target"]) for it in items])}
 
 
 class StoreView(View):
     """Replays the views of a soft-label store (the store's own augmentation settings).
 
+    For a function-matching store (``layout.has_mix``) every view is also mixed with its
+    stored partner's view (:class:`MixedViews`): the partner's input is loaded from
+    ``dataset`` and its crop read from the store, so the replayed input equals, bit for
+    bit, the mixed input the teacher labelled. Targets then follow the store's
+    function-matching ``labels`` option: ``None`` (no label term, as Beyer et al. 2022), or
+    mixed one-hot targets ``(B, K)``.
+
     Args:
         store: an open :class:`SoftLabelStore`.
         input_shape: one sample's shape (checked against the store's view kind).
         repeats: views per loaded sample in a batch (FKD's multi-crop loading).
+        dataset: the training set the store was made from (sample ``i`` of the store is
+            ``dataset[i]``); required for function-matching stores, ignored otherwise.
     """
 
     name = "store"
     separate_teacher_input = False
 
     def __init__(self, store: SoftLabelStore, input_shape: tuple[int, ...],
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, dataset: Any = None) -> None:
         if repeats < 1:
             raise ConfigError(f"repeats must be >= 1, got {repeats}")
         self.store = store
         self.repeats = int(repeats)
         self.kind = store.layout.view_kind
-        view_meta = store.meta.get("view") or {}
+        stored_view = store.meta.get("view") or {}
         self.augment = None
         if self.kind != "none":
-            self.augment = make_augment(tuple(input_shape), **view_meta.get("augment", {}))
+            self.augment = make_augment(tuple(input_shape), **(stored_view.get("augment") or {}))
+        self.mixed: MixedViews | None = None
+        self.dataset = dataset
+        self.labels = False
+        if store.layout.has_mix:
+            if dataset is None:
+                raise ConfigError(
+                    f"the store {store.path} holds function-matching views (each view mixed "
+                    "with a partner sample); replaying them loads the partners' inputs, so "
+                    "StoreView needs the training set: StoreView(store, input_shape, "
+                    "dataset=train_set)"
+                )
+            if len(dataset) != store.num_samples:
+                raise StoreError(
+                    f"the data set given to replay {store.path} has {len(dataset)} samples but "
+                    f"the store was made for {store.num_samples}; pass the training set the "
+                    "store was made from (the same data section and val_fraction)"
+                )
+            self.mixed = MixedViews.from_store(store, input_shape)
+            self.augment = self.mixed.augment
+            self.labels = bool(stored_view.get("labels", False))
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         if batch.index is None:
@@ -71,6 +284,8 @@ class StoreView(View):
         view_ids = torch.randint(self.store.views_per_sample, (index.shape[0],),
                                  generator=generator, device=gen_device)
         sample_cpu, view_cpu = index.cpu(), view_ids.cpu()
+        if self.mixed is not None:
+            return self._replay_mixed(inputs, targets, index, view_ids, sample_cpu, view_cpu)
         records = self.store.read(sample_cpu, view_cpu).to(inputs.device)
         if self.augment is not None:
             seeds = None
@@ -79,6 +294,27 @@ class StoreView(View):
             inputs = self.augment.apply(inputs, records.augment_params(noise_seed=seeds))
         record = StoredViewRecord(index, view_ids.to(index.device), records)
         return Batch(inputs, targets, None, index, view=record)
+
+    def _replay_mixed(self, inputs: Tensor, targets: Tensor | None, index: Tensor,
+                      view_ids: Tensor, sample_cpu: Tensor, view_cpu: Tensor) -> Batch:
+        """Function matching: own view + the stored partner's view, mixed as labelled."""
+        assert self.mixed is not None
+        records = self.store.read(sample_cpu, view_cpu)
+        partner = records.partner
+        assert partner is not None and records.ratio is not None
+        partner_view = self.store.read(partner, view_cpu).augment_params()
+        loaded = _load_samples(self.dataset, partner)
+        mixed, mix = self.mixed.render(inputs, loaded["input"], sample_cpu, view_cpu,
+                                       records.augment_params(), partner, partner_view,
+                                       records.ratio)
+        mixed_targets = None
+        if self.labels and targets is not None:
+            mixed_targets = self.mixed.mixup.mix_targets(
+                targets, mix.to(targets.device), self.store.num_classes,
+                partner_targets=loaded["target"].to(targets.device))
+        record = StoredViewRecord(index, view_ids.to(index.device), records.to(inputs.device),
+                                  mix.to(inputs.device))
+        return Batch(mixed, mixed_targets, None, index, view=record)
 
 
 class StoredTeacher(Teacher):
@@ -110,4 +346,4 @@ class StoredTeacher(Teacher):
         return f"store={str(self.store.path)!r}, fill={self.fill!r}"
 
 
-__all__ = ["StoreView", "StoredTeacher", "StoredViewRecord"]
+__all__ = ["MixedViews", "StoreView", "StoredTeacher", "StoredViewRecord", "view_meta"]
