@@ -330,18 +330,27 @@ class Trainer:
 
     @contextlib.contextmanager
     def _run_settings(self) -> Iterator[None]:
-        """This run's process-wide torch settings, restored on exit."""
+        """This run's process-wide torch settings, restored on exit.
+
+        ``train.deterministic`` selects deterministic kernels, but leaves torch's
+        ``fill_uninitialized_memory`` (which it switches on with them) off: filling every
+        new tensor with NaN is a debugging aid, not a condition of determinism, and it cost
+        a third of the throughput of a small CIFAR ResNet on an H100 (18k vs 27k samples/s).
+        """
+        fill = torch.utils.deterministic
         previous = (torch.are_deterministic_algorithms_enabled(),
                     torch.is_deterministic_algorithms_warn_only_enabled(),
-                    torch.backends.cudnn.benchmark)
+                    torch.backends.cudnn.benchmark, fill.fill_uninitialized_memory)
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+            fill.fill_uninitialized_memory = False
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
             torch.backends.cudnn.benchmark = previous[2]
+            fill.fill_uninitialized_memory = previous[3]
 
     def _epoch(self, progress: ProgressReporter, log: MetricsLog | None,
                board: TensorBoardLog | None) -> dict[str, Any]:
