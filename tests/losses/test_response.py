@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kdforge import CE, KD, Batch, ConfigError, Outputs, ShapeMismatchError, SoftCE, build_loss
+from kdforge.losses.response import tempered_kl
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 T = torch.tensor([[1.5, 1.0, -0.5], [-1.0, 0.0, 2.0]])
@@ -65,6 +66,21 @@ def test_kd_gradient_reaches_student_only():
     temp = 4.0
     expected = temp * (torch.softmax(S / temp, -1) - torch.softmax(T / temp, -1)) / 2
     assert torch.allclose(s.grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_tempered_kl_paths_agree_in_value_and_student_gradient(temp):
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(16, 7, generator=gen) * 4
+    t[0, 0] = 200.0  # a teacher certain enough that exp underflows to exactly 0
+    s1 = (torch.randn(16, 7, generator=gen) * 2).requires_grad_()
+    s2 = s1.detach().clone().requires_grad_()
+    fast = tempered_kl(s1, t, temp)  # frozen teacher: cross-entropy minus entropy
+    exact = tempered_kl(s2, t.clone().requires_grad_(), temp)  # trained peer: kl_div
+    assert torch.isfinite(fast) and fast.item() == pytest.approx(exact.item(), rel=1e-5)
+    fast.backward()
+    exact.backward()
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-7)
 
 
 def test_soft_ce_equals_kd_plus_teacher_entropy():
