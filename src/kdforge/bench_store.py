@@ -4,15 +4,16 @@ One run, one device (the CPU by default), one student, one data set, one schedul
 
 1. The teacher is trained (or a finished identical run reused) and the store generated
    (:func:`kdforge.soft_labels.generate`) once per value format. Generation speed is compared
-   with a bare teacher forward pass over the same number of views at the same batch sizes.
-2. Three students are trained with identical data, batch size, epochs, seed and view
-   augmentation: ``supervised`` (cross-entropy alone), ``online_kd`` (the real teacher runs
-   every step) and ``store_kd`` (the labels are read from the store). Their throughput is the
-   mean ``samples_per_s`` of the epochs after the first (``metrics.jsonl``).
-3. The ideal online rate, from separately timed teacher forwards and student steps, shows how
-   much of the online run's time is framework overhead.
-4. Bytes per stored view, next to FKD's figure.
-5. Test accuracy of a student trained from a store of each value format.
+   with a bare teacher pass over the generation's first batches, timed right before and
+   right after the main store is made.
+2. For every seed, the students ``supervised`` (cross-entropy alone), ``online_kd`` (the
+   real teacher runs every step) and ``store_kd_<format>`` (labels read from the store) are
+   trained with identical data, batch size, epochs, seed and view, taking turns epoch by
+   epoch (:class:`kdforge.api.Run`); after each epoch the teacher forward and the student
+   step are timed for the ideal online rate, 1 / (1 / teacher + 1 / student). Ratios are
+   medians of per-epoch ratios, so every ratio compares rates taken under the same load.
+3. Bytes per stored view, next to FKD's figure.
+4. Test accuracy of each run, mean over the seeds.
 
 Results: ``results/store.json`` (one flat key per figure) and ``results/store.md`` (the
 figures with their targets, PASS or MISS). Nothing here is asserted by tests.

@@ -523,7 +523,17 @@ class _CropAugment:
 
     def sample(self, batch_size: int, generator: torch.Generator | None,
                device: torch.device | str | None = None) -> AugmentParams:
-        raise NotImplementedError
+        """Draw ``batch_size`` views: ``num_uniforms`` uniforms per view from ``generator``
+        (on its own device; ``None`` uses the global CPU generator) mapped by
+        :meth:`from_uniforms`, then whatever :meth:`_extra` draws. Returns the parameters on
+        ``device`` (default: the generator's device)."""
+        params = self.from_uniforms(_uniform((self.num_uniforms, batch_size), generator))
+        self._extra(params, batch_size, generator)
+        return params.to(device) if device is not None else params
+
+    def _extra(self, params: AugmentParams, batch_size: int,
+               generator: torch.Generator | None) -> None:
+        """Draw what the uniforms do not give (signals: noise seeds); nothing by default."""
 
     def from_uniforms(self, u: Tensor) -> AugmentParams:
         raise NotImplementedError
@@ -609,21 +619,6 @@ class ImageAugment(_CropAugment):
 
     def _center_box(self, c: float) -> list[float]:
         return [(1 - c) / 2, (1 - c) / 2, c, c]
-
-    def sample(
-        self,
-        batch_size: int,
-        generator: torch.Generator | None,
-        device: torch.device | str | None = None,
-    ) -> AugmentParams:
-        """Draw ``batch_size`` crops and flips: ``crop`` (B, 4), ``flip`` (B,).
-
-        Consumes ``5 * batch_size`` uniforms of ``generator`` (on its own device; ``None``
-        uses the global CPU generator) and returns the parameters on ``device`` (default:
-        the generator's device).
-        """
-        params = self.from_uniforms(_uniform((self.num_uniforms, batch_size), generator))
-        return params.to(device) if device is not None else params
 
     def from_uniforms(self, u: Tensor) -> AugmentParams:
         """The crops and flips that the uniforms ``u`` ``(5, B)`` in [0, 1) select.
@@ -730,19 +725,13 @@ class SignalAugment(_CropAugment):
     def _center_box(self, c: float) -> list[float]:
         return [(1 - c) / 2, c]
 
-    def sample(
-        self,
-        batch_size: int,
-        generator: torch.Generator | None,
-        device: torch.device | str | None = None,
-    ) -> AugmentParams:
-        """Draw windows ``crop`` (B, 2), ``flip`` (B,) and, with noise, ``noise_seed`` (B,)."""
-        params = self.from_uniforms(_uniform((self.num_uniforms, batch_size), generator))
+    def _extra(self, params: AugmentParams, batch_size: int,
+               generator: torch.Generator | None) -> None:
+        """With noise, a ``noise_seed`` (B,) per view, drawn after the windows."""
         if self.noise_std > 0:
             params.noise_seed = torch.randint(
                 0, 2**62, (batch_size,), generator=generator, device=_gen_device(generator)
             )
-        return params.to(device) if device is not None else params
 
     def from_uniforms(self, u: Tensor) -> AugmentParams:
         """The windows and time reversals that the uniforms ``u`` ``(3, B)`` select.

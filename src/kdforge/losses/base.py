@@ -221,6 +221,37 @@ def layers_repr(student_layers: Sequence[str], teacher_layers: Sequence[str]) ->
     return f"student_layers={list(student_layers)}, teacher_layers={list(teacher_layers)}"
 
 
+def read_features(term: str, student: Outputs, teacher: Outputs | None,
+                  student_names: Sequence[str], teacher_names: Sequence[str]
+                  ) -> tuple[list[Tensor], list[Tensor]]:
+    """The named features of both sides; a clear error when the run has no teacher."""
+    if teacher is None:
+        raise ConfigError(f"the {term!r} loss needs a teacher; give one or remove the term")
+    return ([student.feature(n, "student") for n in student_names],
+            [teacher.feature(n, "teacher") for n in teacher_names])
+
+
+class LayerPairTerm(LossTerm):
+    """A term on pairs of features: student layer ``student_layers[i]`` with teacher layer
+    ``teacher_layers[i]`` (module paths; set them in ``__init__``, e.g. from
+    :func:`layer_pairs`)."""
+
+    student_layers: list[str]
+    teacher_layers: list[str]
+
+    def student_features(self) -> list[str]:
+        return list(self.student_layers)
+
+    def teacher_features(self) -> list[str]:
+        return list(self.teacher_layers)
+
+    def layer_features(self, student: Outputs, teacher: Outputs | None
+                       ) -> tuple[list[Tensor], list[Tensor]]:
+        """The student's and the teacher's features of the layer pairs, in order."""
+        return read_features(self.name, student, teacher, self.student_layers,
+                             self.teacher_layers)
+
+
 def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.0,
                stop_epoch: float | None = None, **options: Any) -> LossTerm:
     """Create the term registered as ``name`` (with a weight schedule); unknown options raise
@@ -229,5 +260,6 @@ def build_loss(name: str, *, start_epoch: float = 0.0, warmup_epochs: float = 0.
     return term.scheduled(start_epoch, warmup_epochs, stop_epoch)
 
 
-__all__ = ["LAYER_HELP", "LOSSES", "LossTerm", "WeightSchedule", "build_loss", "check_logits_match",
-           "layer_pairs", "layers_repr", "register_loss", "sum_terms"]
+__all__ = ["LAYER_HELP", "LOSSES", "LayerPairTerm", "LossTerm", "WeightSchedule", "build_loss",
+           "check_logits_match", "layer_pairs", "layers_repr", "read_features", "register_loss",
+           "sum_terms"]

@@ -24,7 +24,15 @@ from torch import Tensor, nn
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, describe, match_spatial
-from kdforge.losses.base import LossTerm, layer_pairs, layers_repr, register_loss, sum_terms
+from kdforge.losses.base import (
+    LayerPairTerm,
+    LossTerm,
+    layer_pairs,
+    layers_repr,
+    read_features,
+    register_loss,
+    sum_terms,
+)
 
 # -- shared helpers ------------------------------------------------------------------------------
 
@@ -41,14 +49,6 @@ def _layer_lists(term: str, student_layers: Sequence[str] | str | None,
                  ) -> tuple[list[str], list[str]]:
     """Both sides' layer names as two lists of the same length (one pair per position)."""
     return layer_pairs(term, student_layer, teacher_layer, student_layers, teacher_layers)
-
-
-def _features(term: str, student: Outputs, teacher: Outputs | None, s_names: list[str],
-              t_names: list[str]) -> tuple[list[Tensor], list[Tensor]]:
-    if teacher is None:
-        raise ConfigError(f"the {term!r} loss needs a teacher; give one or remove the term")
-    return ([student.feature(n, "student") for n in s_names],
-            [teacher.feature(n, "teacher") for n in t_names])
 
 
 def _check_pair(term: str, s_name: str, s: Tensor, t_name: str, t: Tensor, *,
@@ -141,7 +141,7 @@ class FitNet(LossTerm):
         return [self.teacher_layer]
 
     def setup(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> None:
-        (s,), (t,) = _features(self.name, student, teacher, [self.student_layer],
+        (s,), (t,) = read_features(self.name, student, teacher, [self.student_layer],
                                [self.teacher_layer])
         _check_pair(self.name, self.student_layer, s, self.teacher_layer, t, vectors=True)
         if self.regressor is None:
@@ -151,7 +151,7 @@ class FitNet(LossTerm):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
         _assert_built(self.name, self.regressor)
         assert self.regressor is not None
-        (s,), (t,) = _features(self.name, student, teacher, [self.student_layer],
+        (s,), (t,) = read_features(self.name, student, teacher, [self.student_layer],
                                [self.teacher_layer])
         return F.mse_loss(self.regressor(s.float()).float(), t.float())
 
@@ -170,7 +170,7 @@ def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
 
 
 @register_loss("at", source='Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (ICLR)')
-class AT(LossTerm):
+class AT(LayerPairTerm):
     """Attention transfer: match the L2-normalised spatial attention maps of layer pairs.
 
     Zagoruyko & Komodakis 2017, "Paying More Attention to Attention: Improving the
@@ -202,14 +202,8 @@ class AT(LossTerm):
             raise ConfigError(f"at: p must be > 0, got {p}")
         self.p = float(p)
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     def _pairs(self, student: Outputs, teacher: Outputs | None) -> list[tuple[Tensor, Tensor]]:
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         for sn, s, tn, t in zip(self.student_layers, ss, self.teacher_layers, ts, strict=True):
             _check_pair(self.name, sn, s, tn, t, vectors=False,
                         why=" (attention is a map over positions; a vector (B, D) has none)")
@@ -236,7 +230,7 @@ class AT(LossTerm):
 
 @register_loss("nst", source='Huang & Wang 2017, "Like What You Like: Knowledge Distill via '
                              'Neuron Selectivity Transfer" (arXiv:1707.01219)')
-class NST(LossTerm):
+class NST(LayerPairTerm):
     """Neuron selectivity transfer: squared MMD between the channels' activation patterns.
 
     Huang & Wang 2017, "Like What You Like: Knowledge Distill via Neuron Selectivity
@@ -270,14 +264,8 @@ class NST(LossTerm):
         self.degree = degree
         self.c = float(c)
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     def _pairs(self, student: Outputs, teacher: Outputs | None) -> list[tuple[Tensor, Tensor]]:
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         for sn, s, tn, t in zip(self.student_layers, ss, self.teacher_layers, ts, strict=True):
             _check_pair(self.name, sn, s, tn, t, vectors=False,
                         why=" (it compares each channel's pattern over the positions; a vector "
@@ -416,7 +404,7 @@ class FT(LossTerm):
         return [self.teacher_layer]
 
     def setup(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> None:
-        (s,), (t,) = _features(self.name, student, teacher, [self.student_layer],
+        (s,), (t,) = read_features(self.name, student, teacher, [self.student_layer],
                                [self.teacher_layer])
         _check_pair(self.name, self.student_layer, s, self.teacher_layer, t, vectors=True)
         if self.paraphraser is None:
@@ -462,7 +450,7 @@ class FT(LossTerm):
         """The student's and the teacher's factors, ``(B, round(k C_t), *S_t)`` each."""
         _assert_built(self.name, self.translator)
         assert self.paraphraser is not None and self.translator is not None
-        (s,), (t,) = _features(self.name, student, teacher, [self.student_layer],
+        (s,), (t,) = read_features(self.name, student, teacher, [self.student_layer],
                                [self.teacher_layer])
         t = _as_map(t).float()
         s = match_spatial(_as_map(s).float(), tuple(t.shape[2:]))
@@ -499,7 +487,7 @@ AB_SCALE = 3e-3
 
 @register_loss("ab", source='Heo, Lee, Yun & Choi 2019, "Knowledge Transfer via Distillation of '
                             'Activation Boundaries Formed by Hidden Neurons" (AAAI)')
-class AB(LossTerm):
+class AB(LayerPairTerm):
     """Activation-boundary transfer: a margin loss on which side of zero each neuron lies.
 
     Heo, Lee, Yun & Choi 2019, "Knowledge Transfer via Distillation of Activation
@@ -535,19 +523,13 @@ class AB(LossTerm):
         self.margin = float(margin)
         self.connectors: nn.ModuleList | None = None
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     @property
     def layer_weights(self) -> list[float]:
         n = len(self.student_layers)
         return [2.0 ** (j - n + 1) for j in range(n)]
 
     def setup(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> None:
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         for sn, s, tn, t in zip(self.student_layers, ss, self.teacher_layers, ts, strict=True):
             _check_pair(self.name, sn, s, tn, t, vectors=True)
             if not bool((t < 0).any()):
@@ -569,7 +551,7 @@ class AB(LossTerm):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
         _assert_built(self.name, self.connectors)
         assert self.connectors is not None
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         m = self.margin
         values = []
         for w, connector, s, t in zip(self.layer_weights, self.connectors, ss, ts, strict=True):
@@ -613,7 +595,7 @@ class VIDHead(nn.Module):
 
 @register_loss("vid", source='Ahn, Hu, Damianou, Lawrence & Dai 2019, "Variational Information '
                              'Distillation for Knowledge Transfer" (CVPR)')
-class VID(LossTerm):
+class VID(LayerPairTerm):
     """Variational information distillation: Gaussian likelihood of the teacher's feature.
 
     Ahn, Hu, Damianou, Lawrence & Dai 2019, "Variational Information Distillation for
@@ -652,14 +634,8 @@ class VID(LossTerm):
         self.eps = float(eps)
         self.heads: nn.ModuleList | None = None
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     def setup(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> None:
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         for sn, s, tn, t in zip(self.student_layers, ss, self.teacher_layers, ts, strict=True):
             _check_pair(self.name, sn, s, tn, t, vectors=True)
         if self.heads is None:
@@ -672,7 +648,7 @@ class VID(LossTerm):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> Tensor:
         _assert_built(self.name, self.heads)
         assert self.heads is not None
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         values = []
         for head, s, t in zip(self.heads, ss, ts, strict=True):
             t = _as_map(t).float()
@@ -743,7 +719,7 @@ def hierarchical_context_loss(fs: Tensor, ft: Tensor, levels: Sequence[int] = (4
 
 @register_loss("reviewkd", source='Chen, Liu, Zhao & Jia 2021, "Distilling Knowledge via '
                                   'Knowledge Review" (CVPR)')
-class ReviewKD(LossTerm):
+class ReviewKD(LayerPairTerm):
     """Knowledge review: fuse student stages deep-to-shallow, compare each to the teacher's.
 
     Chen, Liu, Zhao & Jia 2021, "Distilling Knowledge via Knowledge Review" (CVPR). The
@@ -780,15 +756,9 @@ class ReviewKD(LossTerm):
         self.mid_channels = mid_channels
         self.abfs: nn.ModuleList | None = None
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     def _stages(self, student: Outputs, teacher: Outputs | None
                 ) -> tuple[list[Tensor], list[Tensor]]:
-        ss, ts = _features(self.name, student, teacher, self.student_layers, self.teacher_layers)
+        ss, ts = self.layer_features(student, teacher)
         names = self.student_layers + self.teacher_layers
         feats = ss + ts
         rank = max(max(f.dim() for f in feats), 3)

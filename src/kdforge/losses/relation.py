@@ -18,7 +18,7 @@ from torch import Tensor
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
 from kdforge.losses.adapters import Regressor, as_embedding, describe, match_spatial
-from kdforge.losses.base import LossTerm, layer_pairs, layers_repr, register_loss, sum_terms
+from kdforge.losses.base import LayerPairTerm, layer_pairs, layers_repr, register_loss, sum_terms
 
 
 def _float32(x: Tensor) -> torch.autocast:
@@ -27,24 +27,15 @@ def _float32(x: Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-class _LayerPairTerm(LossTerm):
-    """Plumbing shared by the relation terms: layer options and reading the features."""
+class _LayerPairTerm(LayerPairTerm):
+    """Plumbing shared by the relation terms: layer options, feature pairs, batch checks."""
 
     def _init_layers(self, student_layers: list[str], teacher_layers: list[str]) -> None:
         self.student_layers = student_layers
         self.teacher_layers = teacher_layers
 
-    def student_features(self) -> list[str]:
-        return list(self.student_layers)
-
-    def teacher_features(self) -> list[str]:
-        return list(self.teacher_layers)
-
     def _feature_pairs(self, student: Outputs, teacher: Outputs | None) -> list[tuple[Tensor, Tensor]]:
-        if teacher is None:
-            raise ConfigError(f"the {self.name!r} loss needs a teacher; give one or remove the term")
-        return [(student.feature(s, "student"), teacher.feature(t, "teacher"))
-                for s, t in zip(self.student_layers, self.teacher_layers, strict=True)]
+        return list(zip(*self.layer_features(student, teacher), strict=True))
 
     def _check_batch(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
         for (fs, ft), s_name, t_name in zip(pairs, self.student_layers, self.teacher_layers,
