@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdforge import CE, KD, Batch, ConfigError, Outputs, ShapeMismatchError, SoftCE, build_loss
-from kdforge.losses.response import tempered_kl
+from kdforge.losses.response import _SoftTargetKL, tempered_kl
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 T = torch.tensor([[1.5, 1.0, -0.5], [-1.0, 0.0, 2.0]])
@@ -81,6 +81,31 @@ def test_tempered_kl_paths_agree_in_value_and_student_gradient(temp):
     fast.backward()
     exact.backward()
     assert torch.allclose(s1.grad, s2.grad, atol=1e-7)
+
+
+def test_soft_target_kl_gradient_is_exact():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_q = torch.log_softmax(torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2, -1)
+    assert torch.autograd.gradcheck(lambda x: _SoftTargetKL.apply(x, log_q.exp(), log_q), (z,))
+    same = z.detach() - z.detach().logsumexp(-1, keepdim=True)  # as tempered_kl computes it
+    assert _SoftTargetKL.apply(z.detach(), same.exp(), same).item() == 0.0  # KL(p || p) = 0
+
+
+def test_kd_uses_teacher_probabilities_when_given():
+    # a store's Outputs carry log-probabilities and their probabilities: same loss, same
+    # gradient as from the log-probabilities alone
+    log_q = torch.log_softmax(T * 2, -1)
+    s1, s2 = S.clone().requires_grad_(), S.clone().requires_grad_()
+    with_probs = KD(T=1)(Outputs(s1), Outputs(log_q, probs=log_q.exp()), Batch(s1))
+    without = KD(T=1)(Outputs(s2), Outputs(log_q), Batch(s2))
+    assert with_probs.item() == pytest.approx(without.item(), rel=1e-6)
+    with_probs.backward()
+    without.backward()
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-7)
+    # at T != 1 the probabilities (a T = 1 quantity) are not used
+    hot = KD(T=4)(Outputs(S), Outputs(log_q, probs=torch.zeros_like(log_q)), Batch(S))
+    assert hot.item() == pytest.approx(KD(T=4)(Outputs(S), Outputs(log_q), Batch(S)).item())
 
 
 def test_soft_ce_equals_kd_plus_teacher_entropy():

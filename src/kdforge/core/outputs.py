@@ -27,10 +27,15 @@ class Outputs:
         logits: ``(B, K)`` class scores before the softmax.
         features: intermediate outputs by module name (as in ``model.named_modules()``),
             e.g. ``{"layer3": (B, C, H, W)}``.
+        probs: ``softmax(logits)`` when the producer already has it, else ``None``. Set
+            only with ``logits`` that are normalised log-probabilities (``logits ==
+            log(probs)``, as a soft-label store's): losses at T = 1 may then use both as
+            they are instead of taking a softmax.
     """
 
     logits: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
+    probs: Tensor | None = None
 
     def feature(self, name: str, side: str = "model") -> Tensor:
         """The feature ``name``; a ``ConfigError`` listing what was collected if absent."""
@@ -44,7 +49,8 @@ class Outputs:
             ) from None
 
     def detach(self) -> Outputs:
-        return Outputs(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+        return Outputs(self.logits.detach(), {k: v.detach() for k, v in self.features.items()},
+                       None if self.probs is None else self.probs.detach())
 
 
 @dataclass

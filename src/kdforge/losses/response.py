@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from kdforge.core.errors import ConfigError, ShapeMismatchError
 from kdforge.core.outputs import Batch, Outputs
@@ -99,24 +102,53 @@ class CE(LossTerm):
         return f"weight={self.weight:g}, label_smoothing={self.label_smoothing:g}"
 
 
-def tempered_kl(s: Tensor, t: Tensor, T: float) -> Tensor:
+class _SoftTargetKL(torch.autograd.Function):
+    """``1/B sum_b KL(q_b || softmax(z_b))`` for fixed targets ``q`` (no gradient to them).
+
+    Forward: ``sum q (log q - log p)`` with ``log p = z - logsumexp(z)`` (identical inputs
+    give exactly 0, as ``kl_div`` does). Backward: the gradient ``(softmax(z) - q) / B``,
+    written out in three ops instead of autograd's graph of the forward. Tested against
+    ``kl_div`` and with ``gradcheck``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, q: Tensor, log_q: Tensor) -> Tensor:
+        log_p = z - z.logsumexp(-1, keepdim=True)
+        ctx.save_for_backward(log_p, q)
+        return (q * (log_q - log_p)).sum() / z.shape[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        log_p, q = ctx.saved_tensors
+        return log_p.exp().sub_(q).mul_(grad / log_p.shape[0]), None, None
+
+
+def tempered_kl(s: Tensor, t: Tensor, T: float, t_probs: Tensor | None = None) -> Tensor:
     """``1/B sum_b KL(softmax(t_b / T) || softmax(s_b / T))`` for ``(B, K)`` logits.
 
     When the teacher side carries no gradient (a frozen teacher or stored labels) the KL is
-    computed as ``H(p_t, p_s) - H(p_t)``: the soft-target cross-entropy kernel of
-    ``F.cross_entropy`` minus the teacher's entropy, a constant. Same value and same student
-    gradient as ``kl_div``, in about a fifth less time forward and backward (CPU, batch 512,
-    10 classes). A teacher side that needs gradients (mutual learning) takes ``kl_div``.
+    computed with ``logsumexp`` instead of ``log_softmax`` (:class:`_SoftTargetKL`): with
+    ``q = softmax(t / T)`` and ``z = s / T``, ``KL = sum_c q_c (log q_c - z_c +
+    logsumexp(z))``, and the gradient ``softmax(z) - q`` is written out. Same value and
+    student gradient as ``kl_div`` of two log-softmaxes, in about half its time forward and
+    backward on a CPU (``log_softmax`` of a ``(512, 10)`` tensor there costs about four
+    ``logsumexp``): as cheap as cross-entropy with hard labels. ``t_probs``: ``q`` itself, when ``t`` are
+    normalised log-probabilities that come with their probabilities (a soft-label store's
+    :class:`Outputs`); used at ``T == 1`` only. A teacher side that needs gradients
+    (mutual learning) takes ``kl_div``.
     """
     if T != 1.0:
-        s, t = s / T, t / T
-    log_p_t = F.log_softmax(t, dim=-1)
+        s, t, t_probs = s / T, t / T, None
     if t.requires_grad:
-        return F.kl_div(F.log_softmax(s, dim=-1), log_p_t, reduction="batchmean",
-                        log_target=True)
-    p_t = log_p_t.exp()
-    neg_entropy = (p_t * log_p_t).sum() / s.shape[0]  # sum p log p; 0 log 0 is 0 here
-    return F.cross_entropy(s, p_t) + neg_entropy
+        return F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1),
+                        reduction="batchmean", log_target=True)
+    if t_probs is None:
+        log_q = t - t.logsumexp(-1, keepdim=True)
+        q = log_q.exp()
+    else:
+        log_q, q = t, t_probs
+    return _SoftTargetKL.apply(s, q, log_q)
 
 
 @register_loss("kd", source="Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network")
@@ -157,7 +189,8 @@ class KD(LossTerm):
         s, t = student.logits.float(), teacher.logits.float()
         if self.standardize:
             s, t = standardize_logits(s), standardize_logits(t)
-        return tempered_kl(s, t, self.T) * self.T**2
+            return tempered_kl(s, t, self.T) * self.T**2
+        return tempered_kl(s, t, self.T, teacher.probs) * self.T**2
 
     def extra_repr(self) -> str:
         extra = ", standardize=True" if self.standardize else ""
