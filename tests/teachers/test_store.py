@@ -15,6 +15,7 @@ from kdforge.teachers.store import (
     StoreError,
     StoreLayout,
     StoreRecords,
+    dense_targets,
     log_probs,
     quantize_crop,
     quantize_ratio,
@@ -281,6 +282,29 @@ def test_soft_targets_smooth_and_renorm():
         soft_targets(rec, 6, fill="zero")
     with pytest.raises(StoreError, match="num_classes"):
         soft_targets(rec, 5)
+
+
+@pytest.mark.parametrize("fill", ["smooth", "renorm"])
+def test_dense_targets_equal_the_softmax_of_the_filled_logits(fill):
+    # closed form at T = 1 == softmax of the filled log-weights (the definition), also for a
+    # row whose quantised top-k mass exceeds 1 and for K == k (nothing to fill)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=gen) * 3
+    values, indices = torch.log_softmax(logits, -1).topk(4, -1)
+    values[0] = torch.tensor([0.6, 0.3, 0.2, 0.1]).log()  # sums to 1.2
+    rec = StoreRecords(indices=indices, logp=values)
+    log_q, q = dense_targets(rec, 10, fill)
+    weights = torch.full((64, 10), -math.inf)
+    if fill == "smooth":
+        missing = (1 - values.exp().sum(1, keepdim=True)).clamp(min=0)
+        weights = (missing / 6).log().expand(64, 10).clone()
+    expected = torch.softmax(weights.scatter(1, indices, values), -1)
+    assert torch.allclose(q, expected, atol=1e-6) and torch.allclose(q.sum(1), torch.ones(64))
+    assert torch.allclose(log_q.exp(), q, atol=1e-7) and log_q.min() >= -88
+    assert torch.equal(log_q, log_probs(rec, 10, fill=fill))
+    assert torch.equal(q, soft_targets(rec, 10, fill=fill))
+    full = StoreRecords(indices=torch.tensor([[1, 0]]), logp=torch.tensor([[0.7, 0.2]]).log())
+    assert torch.allclose(dense_targets(full, 2, fill)[1], torch.tensor([[2 / 9, 7 / 9]]))
 
 
 def test_soft_targets_temperature():

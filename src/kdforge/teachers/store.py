@@ -112,6 +112,7 @@ __all__ = [
     "StoreError",
     "StoreLayout",
     "StoreRecords",
+    "dense_targets",
     "log_probs",
     "quantize_crop",
     "quantize_ratio",
@@ -703,20 +704,25 @@ class StoreRecords:
         return AugmentParams(crop=self.crop, flip=self.flip, noise_seed=noise_seed)
 
 
-def _target_logits(records: StoreRecords, num_classes: int, fill: str) -> Tensor:
-    """``(B, K)`` un-normalised log-weights of the T = 1 target (see :func:`soft_targets`)."""
+def _check_records(records: StoreRecords, num_classes: int, fill: str) -> None:
     if fill not in FILL_MODES:
         raise StoreError(f"fill must be one of {FILL_MODES}; got {fill!r}")
+    batch, k = records.indices.shape
+    if k > num_classes:
+        raise StoreError(f"the records hold top-{k} classes but num_classes is {num_classes}")
+    if batch and int(records.indices.max()) >= num_classes:
+        raise StoreError(
+            f"the records name class {int(records.indices.max())} but num_classes is "
+            f"{num_classes}: pass the store's num_classes"
+        )
+
+
+def _target_logits(records: StoreRecords, num_classes: int, fill: str) -> Tensor:
+    """``(B, K)`` un-normalised log-weights of the T = 1 target (see :func:`soft_targets`)."""
+    _check_records(records, num_classes, fill)
     indices = records.indices.to(torch.int64)
     logp = records.logp.to(torch.float32)
     batch, k = indices.shape
-    if k > num_classes:
-        raise StoreError(f"the records hold top-{k} classes but num_classes is {num_classes}")
-    if batch and int(indices.max()) >= num_classes:
-        raise StoreError(
-            f"the records name class {int(indices.max())} but num_classes is {num_classes}: "
-            "pass the store's num_classes"
-        )
     others = num_classes - k
     if fill == "smooth" and others > 0:
         missing = (1.0 - logp.exp().sum(dim=1, keepdim=True)).clamp(min=0.0)
@@ -725,6 +731,35 @@ def _target_logits(records: StoreRecords, num_classes: int, fill: str) -> Tensor
         base = torch.full((batch, 1), -math.inf, device=logp.device)
     out = base.expand(batch, num_classes).clone()
     return out.scatter_(1, indices, logp)
+
+
+def dense_targets(records: StoreRecords, num_classes: int,
+                  fill: str = "smooth") -> tuple[Tensor, Tensor]:
+    """``(log_probs, probs)``, both ``(B, K)`` float32: the T = 1 target of the records.
+
+    The same distribution as :func:`soft_targets` and :func:`log_probs` at ``T = 1``, in
+    closed form: with ``p`` the stored top-k probabilities and ``S = sum_i p_i``, the
+    un-normalised row holds ``p`` on the top-k and, for ``"smooth"``, ``m / (K - k)`` on
+    each other class, ``m = max(0, 1 - S)``; its sum is ``Z = S + m`` (``S`` for
+    ``"renorm"``). No softmax is taken: this runs for every training batch read from a
+    store (on a CPU, ``log_softmax`` of a ``(512, 10)`` tensor costs as much as ten
+    element-wise ops). ``log_probs`` is clamped below at ``log(float32 tiny)`` as in
+    :func:`log_probs`.
+    """
+    _check_records(records, num_classes, fill)
+    logp = records.logp.to(torch.float32)
+    batch, k = logp.shape
+    p = logp.exp()
+    total = p.sum(dim=1, keepdim=True)
+    others = num_classes - k
+    if fill == "smooth" and others > 0:
+        missing = (1.0 - total).clamp_(min=0.0)
+        base, total = missing / others, total + missing
+    else:
+        base = torch.zeros((batch, 1), device=p.device)
+    probs = base.expand(batch, num_classes).clone()
+    probs.scatter_(1, records.indices.to(torch.int64), p).div_(total)
+    return probs.log().clamp_(min=_LOG_FLOOR), probs
 
 
 def _check_temperature(T: float) -> float:
@@ -756,6 +791,8 @@ def soft_targets(
     fill.) With ``K == k`` both modes agree.
     """
     T = _check_temperature(T)
+    if T == 1.0:
+        return dense_targets(records, num_classes, fill)[1]
     return torch.softmax(_target_logits(records, num_classes, fill) / T, dim=1)
 
 
@@ -765,6 +802,8 @@ def log_probs(
     """``log(soft_targets(...))`` as ``(B, K)`` float32, computed stably and clamped below at
     ``log(float32 tiny)`` (about -87.3), so zero-probability classes stay finite."""
     T = _check_temperature(T)
+    if T == 1.0:
+        return dense_targets(records, num_classes, fill)[0]
     out = torch.log_softmax(_target_logits(records, num_classes, fill) / T, dim=1)
     return out.clamp(min=_LOG_FLOOR)
 
@@ -1350,11 +1389,13 @@ class SoftLabelStore:
             out[where] = self._map(int(shard_id))[rows[where]]
         return out
 
-    def read(self, sample: Tensor | Sequence[int], view: Tensor | Sequence[int]) -> StoreRecords:
+    def read(self, sample: Tensor | Sequence[int], view: Tensor | Sequence[int], *,
+             checked: bool = False) -> StoreRecords:
         """Decoded records of view ``view[b]`` of sample ``sample[b]`` (``(B,)`` each).
 
         The same records as ``layout.decode(raw(sample, view))``, gathered and decoded
-        with torch ops (this runs every training step).
+        with torch ops (this runs every training step). ``checked=True`` skips the range
+        check of the ids, for callers that drew them within range themselves.
         """
         s = torch.as_tensor(sample).detach().reshape(-1).to("cpu", torch.int64)
         v = torch.as_tensor(view).detach().reshape(-1).to("cpu", torch.int64)
@@ -1364,7 +1405,7 @@ class SoftLabelStore:
                 f"{tuple(v.shape)}"
             )
         lay = self.layout
-        if s.numel():
+        if s.numel() and not checked:
             (s_lo, s_hi), (v_lo, v_hi) = torch.aminmax(s), torch.aminmax(v)
             if s_lo < 0 or s_hi >= lay.num_samples or v_lo < 0 or v_hi >= lay.views_per_sample:
                 self.raw(s, v)  # raises the error naming the ids out of range
@@ -1387,6 +1428,11 @@ class SoftLabelStore:
     def log_probs(self, records: StoreRecords, T: float = 1.0, fill: str = "smooth") -> Tensor:
         """:func:`log_probs` with this store's class count."""
         return log_probs(records, self.num_classes, T=T, fill=fill)
+
+    def dense_targets(self, records: StoreRecords,
+                      fill: str = "smooth") -> tuple[Tensor, Tensor]:
+        """:func:`dense_targets` with this store's class count."""
+        return dense_targets(records, self.num_classes, fill)
 
     def view_seed(self, sample: Tensor, view: Tensor) -> Tensor:
         """:func:`view_seed` with the store seed recorded in the meta (``"store_seed"``)."""
