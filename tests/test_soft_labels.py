@@ -4,14 +4,16 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from kdforge import ConfigError, StoreError, api
 from kdforge.cli import main
 from kdforge.config import SoftLabelConfig, parse_config
 from kdforge.core.outputs import Batch
+from kdforge.data.loaders import to_batch
 from kdforge.soft_labels import generate
 from kdforge.teachers.store import SoftLabelStore
-from kdforge.teachers.stored import StoreView
+from kdforge.teachers.stored import StoredTeacher, StoreView, epoch_views
 from tests.conftest import synthetic_config
 
 
@@ -344,3 +346,69 @@ def test_training_from_a_function_matching_store_is_deterministic(tmp_path, teac
     wb = torch.load(b.run_dir / "checkpoint.pt", weights_only=False)["student"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert math.isfinite(a.summary["val"]["nll"])
+
+
+# --- the loader path: StoreSamples reads the records next to the data --------------------------
+
+
+def test_epoch_views_are_a_pure_function_of_seed_and_epoch():
+    a = epoch_views(7, 3, 100, 2, 50)
+    assert a.shape == (100, 2) and a.dtype == torch.int32
+    assert torch.equal(a, epoch_views(7, 3, 100, 2, 50))
+    assert int(a.min()) >= 0 and int(a.max()) < 50 and len(a.unique()) > 40
+    assert not torch.equal(a, epoch_views(7, 4, 100, 2, 50))  # a new draw every epoch
+    assert not torch.equal(a, epoch_views(8, 3, 100, 2, 50))  # and for every run seed
+
+
+def test_store_samples_load_the_epochs_views_and_replay_what_the_teacher_labelled(
+        tmp_path, teacher):
+    stats = generate(store_config(tmp_path, teacher), verbose=False)
+    store = SoftLabelStore(stats["path"])
+    data = api.build_data(parse_config(synthetic_config(tmp_path)))
+    view = StoreView(store, (1, 8, 8), repeats=2, fill="smooth")
+    samples = view.loader_dataset(data.train, seed=5)
+    ids = [9, 0, 31, 4]
+    raw = samples.__getitems__([(3, i) for i in ids])
+    load = raw["view"]
+    assert torch.equal(raw["index"], torch.tensor(ids))
+    expected = epoch_views(5, 3, store.num_samples, 2, store.views_per_sample)[ids].reshape(-1)
+    assert torch.equal(load.view, expected.long())
+    sample = torch.tensor(ids).repeat_interleave(2)
+    assert torch.equal(load.records.indices, store.read(sample, load.view).indices)
+    assert torch.equal(load.log_probs, store.log_probs(load.records))
+    replayed = view(to_batch(raw))
+    assert replayed.inputs.shape == (8, 1, 8, 8) and torch.equal(replayed.index, sample)
+    net = api.build_teacher(parse_config({**synthetic_config(tmp_path),
+                                          "teacher": {"run": str(teacher)}}), 4, (1, 8, 8))
+    top = torch.log_softmax(net(replayed.inputs).logits, -1).topk(3, -1).indices
+    assert torch.equal(top, replayed.view.records.indices)  # the labelled views, exactly
+    outputs = StoredTeacher(store)(replayed.inputs, replayed)
+    assert torch.equal(outputs.logits, load.log_probs) and outputs.probs is not None
+    with pytest.raises(ConfigError, match="one epoch"):
+        samples.__getitems__([(3, 0), (4, 1)])
+
+
+def test_store_training_does_not_depend_on_workers_or_prefetch(tmp_path, teacher):
+    stats = generate(store_config(tmp_path, teacher), verbose=False)
+
+    def weights(name, **data):
+        cfg = synthetic_config(tmp_path, name=name, student={"name": "mlp", "hidden": [16]},
+                               teacher={"store": stats["path"], "repeats": 2},
+                               losses=[{"name": "kd", "T": 1}], data=data)
+        run = api.train(parse_config(cfg), verbose=False)
+        return torch.load(run.run_dir / "checkpoint.pt", weights_only=False)["student"]
+
+    plain = weights("plain", prefetch=False)
+    for name, data in (("thread", {"prefetch": True}), ("worker", {"num_workers": 1})):
+        other = weights(name, **data)
+        assert all(torch.equal(plain[k], other[k]) for k in plain), name
+
+
+def test_epoch_key_sampler_keys_the_distributed_order():
+    from kdforge.data.loaders import EpochKeySampler
+
+    plain = DistributedSampler(range(10), num_replicas=2, rank=1, seed=3)
+    keyed = EpochKeySampler(range(10), num_replicas=2, rank=1, seed=3)
+    plain.set_epoch(4)
+    keyed.set_epoch(4)
+    assert list(keyed) == [(4, i) for i in plain]

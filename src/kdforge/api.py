@@ -118,7 +118,7 @@ def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...
             raise ConfigError("a run that learns from a soft-label store replays the store's own "
                               "views; remove the 'view' section")
         return StoreView(teacher.store, input_shape, repeats=cfg.teachers[0].repeats,
-                         dataset=dataset)
+                         dataset=dataset, fill=teacher.fill)
     if cfg.view is None:
         return None
     return build_view(cfg.view.name, input_shape, num_classes, **cfg.view.options)
@@ -212,6 +212,7 @@ class Run:
             distiller, data.train, data.val, num_classes=k, optim=cfg.optim,
             schedule=cfg.schedule, train=cfg.train, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+            prefetch=cfg.data.prefetch,
             seed=cfg.seed, run_dir=self.run_dir, callbacks=callbacks, verbose=verbose,
             title=cfg.name, view=view, eval_teacher=eval_teacher,
         )

@@ -29,13 +29,15 @@ def collate(items: Any) -> Any:
 def to_batch(obj: Any) -> Batch:
     """Map what a loader yields into a :class:`Batch`.
 
-    Accepts our dict batches (``input``, ``target``, optional ``index``, ``teacher_input``),
+    Accepts our dict batches (``input``, ``target``, optional ``index``, ``teacher_input``,
+    ``view``: what a view's loader prepared, see :meth:`kdforge.data.views.View.loader_dataset`),
     an existing ``Batch``, or the ``(inputs, targets)`` pairs of ordinary PyTorch data sets.
     """
     if isinstance(obj, Batch):
         return obj
     if isinstance(obj, dict):
-        return Batch(obj["input"], obj.get("target"), obj.get("teacher_input"), obj.get("index"))
+        return Batch(obj["input"], obj.get("target"), obj.get("teacher_input"), obj.get("index"),
+                     obj.get("view"))
     if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
         targets = obj[1] if len(obj) > 1 else None
         return Batch(obj[0], targets)
@@ -59,6 +61,19 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
+class EpochKeySampler(DistributedSampler):
+    """:class:`DistributedSampler` whose keys are ``(epoch, index)`` pairs.
+
+    For data sets whose samples depend on the epoch (a store replay draws each sample's
+    view per epoch): the key carries the epoch into DataLoader workers, which, persistent,
+    hold a copy of the data set made before the epoch began.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in super().__iter__())
+
+
 def train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -69,17 +84,19 @@ def train_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    keyed: bool = False,
 ) -> DataLoader:
     """A shuffling loader; ``batch_size`` is the *global* batch, split evenly over ranks.
 
     Call ``loader.sampler.set_epoch(epoch)`` before each epoch (the trainer does).
+    ``keyed``: ask ``dataset`` for ``(epoch, index)`` keys (:class:`EpochKeySampler`).
     """
     if batch_size % world_size:
         raise ConfigError(
             f"batch_size {batch_size} is the global batch and must be divisible by the "
             f"{world_size} processes; use a multiple of {world_size}"
         )
-    sampler = DistributedSampler(
+    sampler = (EpochKeySampler if keyed else DistributedSampler)(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
     )
     return DataLoader(
@@ -113,4 +130,4 @@ def first_batch(dataset: Dataset, size: int) -> Batch:
     return to_batch(collate(items))
 
 
-__all__ = ["ShardSampler", "collate", "eval_loader", "first_batch", "to_batch", "train_loader"]
+__all__ = ["EpochKeySampler", "ShardSampler", "collate", "eval_loader", "first_batch", "to_batch", "train_loader"]

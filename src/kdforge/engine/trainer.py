@@ -7,11 +7,12 @@ that change the loop itself drive this trainer rather than copying it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,22 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
     return 1.0
 
 
+def _prefetched(loader: Iterable[Any]) -> Iterator[Any]:
+    """``loader``'s batches, each fetched in a background thread while the previous one
+    trains (the training step's kernels release the GIL). Only for loaders whose data set
+    draws no numbers from torch's global generator: the thread's draws would interleave
+    with the step's."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdforge-load") as pool:
+        batches = iter(loader)
+        pending = pool.submit(next, batches, _DONE)
+        while (batch := pending.result()) is not _DONE:
+            pending = pool.submit(next, batches, _DONE)
+            yield batch
+
+
+_DONE = object()
+
+
 def _skip_synced_buffers(distiller: Distiller) -> None:
     """Keep DDP from re-broadcasting buffers that terms already keep identical on all ranks.
 
@@ -133,6 +150,12 @@ class Trainer:
         num_classes: K, for the metrics.
         optim, schedule, train: the corresponding config sections.
         batch_size: the global batch size (split over ``torchrun`` processes).
+        num_workers: DataLoader worker processes (0: load in this process).
+        prefetch: with ``num_workers=0``, load the next batch in a background thread while
+            the current one trains (the step's kernels release the GIL). Only for data sets
+            that draw no numbers from torch's global generator when indexed (kdforge's draw
+            none; the config's ``data.prefetch`` defaults to on); off by default here, where
+            the data set may be anything.
         run_dir: where files go (``None``: write nothing).
         callbacks: called as ``callback(trainer, record)`` after each epoch.
         verbose: show progress.
@@ -149,7 +172,7 @@ class Trainer:
                  *, num_classes: int, optim: OptimConfig | None = None,
                  schedule: ScheduleConfig | None = None, train: TrainConfig | None = None,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
-                 seed: int = 0, run_dir: str | Path | None = None,
+                 prefetch: bool = False, seed: int = 0, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "",
                  view: View | None = None, eval_teacher: nn.Module | None | str = "auto") -> None:
         self.distiller = distiller
@@ -165,6 +188,7 @@ class Trainer:
         self.cfg = train or TrainConfig()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
+        self.prefetch = bool(prefetch) and num_workers == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.verbose, self.title = verbose, title
@@ -181,10 +205,14 @@ class Trainer:
     def _setup(self, pretrain: bool = True) -> None:
         self.env = distributed.init(self.device)
         seed_everything(self.seed)
-        self.loader = train_loader(self.train_data, self.batch_size, seed=self.seed,
-                                   rank=self.env.rank, world_size=self.env.world_size,
-                                   num_workers=self.num_workers,
-                                   pin_memory=self.device.type == "cuda")
+        # a view may move its CPU work into the loader (a store replay reads its records there)
+        prepared = None if self.view is None else self.view.loader_dataset(self.train_data,
+                                                                           self.seed)
+        self.loader = train_loader(prepared if prepared is not None else self.train_data,
+                                   self.batch_size, seed=self.seed, rank=self.env.rank,
+                                   world_size=self.env.world_size, num_workers=self.num_workers,
+                                   pin_memory=self.device.type == "cuda",
+                                   keyed=prepared is not None)
         self.val_loader = None
         if self.val_data is not None:
             self.val_loader = eval_loader(self.val_data, self.eval_batch_size, rank=self.env.rank,
@@ -384,7 +412,7 @@ class Trainer:
         progress.start_epoch(self.epoch)
         start = time.perf_counter()
         pending = 0
-        for i, raw in enumerate(self.loader):
+        for i, raw in enumerate(_prefetched(self.loader) if self.prefetch else self.loader):
             self.distiller.progress = self.epoch + i / self.steps_per_epoch
             batch = self._prepare_inputs(self._view(as_device(to_batch(raw), self.device)))
             with torch.autocast(self.device.type, dtype=self.autocast_dtype,

@@ -7,6 +7,13 @@ stored soft label as ``Outputs`` (log-probabilities as logits, so a KD temperatu
 applies). With ``repeats=m`` each loaded sample yields ``m`` views in the batch, as FKD's
 multi-crop loading: the data loading cost per view falls by ``m``.
 
+Replay is split as FKD splits it: reading and decoding the records, computing the soft
+labels and loading mixing partners is CPU work that :meth:`StoreView.load` does, in the
+DataLoader's workers when the trainer has some (:class:`StoreSamples`); the training step
+only applies the crops (and the mix) on the device. Which view a sample replays in an epoch
+is :func:`epoch_views`, a pure function of (run seed, epoch), so it does not depend on the
+number of workers, the process split or a resume.
+
 Function matching (Beyer et al., "Knowledge distillation: A good teacher is patient and
 consistent", CVPR 2022) can run from a store too: each stored view is a consistent crop
 mixed, by mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018) or
@@ -20,11 +27,12 @@ sample from the training set.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from kdforge.core.errors import ConfigError, StoreError
 from kdforge.core.outputs import Batch, Outputs
@@ -36,12 +44,14 @@ from kdforge.data.augment import (
     SignalAugment,
     make_augment,
 )
+from kdforge.data.loaders import collate, to_batch
 from kdforge.data.views import View
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.store import (
     FILL_MODES,
     SoftLabelStore,
     StoreRecords,
+    _hash32_int,
     quantize_crop,
     ratio_code_cdf,
     ratio_from_uniform,
@@ -63,6 +73,83 @@ class StoredViewRecord:
     view: Tensor
     records: StoreRecords
     mix: MixParams | None = None
+    #: ``(B, K)`` teacher log-probabilities and probabilities at T = 1, the missing mass
+    #: filled by ``fill``, when the loader computed them (:attr:`StoreView.fill`).
+    log_probs: Tensor | None = None
+    probs: Tensor | None = None
+    fill: str | None = None
+
+
+def _epoch_key(seed: int, epoch: int) -> int:
+    """A 64-bit generator seed for the view draws of one epoch of a run."""
+    seed &= 0xFFFFFFFFFFFFFFFF
+    k0 = _hash32_int((seed & 0xFFFFFFFF) ^ _hash32_int((seed >> 32) ^ 0x85EBCA6B))
+    k1 = _hash32_int(k0 ^ _hash32_int((int(epoch) & 0xFFFFFFFF) ^ 0xC2B2AE35))
+    return (k0 << 32) | k1
+
+
+def epoch_views(seed: int, epoch: int, num_samples: int, repeats: int,
+                views_per_sample: int) -> Tensor:
+    """``(num_samples, repeats)`` int32: the stored views each sample replays in ``epoch``.
+
+    Row ``i`` holds the views of sample ``i`` (its ``repeats`` views of one batch, FKD's
+    multi-crop loading), drawn uniformly from ``[0, views_per_sample)`` by one generator
+    seeded from ``(seed, epoch)``. The table is a pure function of the run's seed and the
+    epoch, so every DataLoader worker, every rank and a resumed run replay the same views,
+    and looking a batch up is a single indexing op. (4 bytes per sample and repeat: 5 MB
+    for ImageNet's 1.28M images.)
+    """
+    generator = torch.Generator().manual_seed(_epoch_key(int(seed), int(epoch)))
+    return torch.randint(int(views_per_sample), (int(num_samples), int(repeats)),
+                         generator=generator, dtype=torch.int32)
+
+
+@dataclass
+class StoreLoad:
+    """What replaying a batch of stored views reads on the CPU (:meth:`StoreView.load`).
+
+    Everything but applying the crops and the mix: done by the DataLoader's workers when
+    the trainer has some (:class:`StoreSamples`), so it overlaps the training step. Rows are
+    views: ``B * m`` for ``B`` loaded samples and ``m`` repeats, in the order of
+    ``index.repeat_interleave(m)``.
+
+    Attributes:
+        view: ``(B m,)`` int64 view ids.
+        records: the decoded records of those views.
+        noise_seed: ``(B m,)`` int64 noise seeds (signals with noise), or ``None``.
+        log_probs, probs: ``(B m, K)`` teacher log-probabilities and probabilities at
+            T = 1 filled by ``fill`` (:func:`~kdforge.teachers.store.dense_targets`), or
+            ``None`` (the teacher computes them).
+        fill: the fill of ``log_probs``.
+        partner_inputs, partner_targets: function-matching stores: the partners' inputs
+            and labels (row ``b`` is sample ``records.partner[b]``).
+        partner_params: the partners' stored crops and flips of the same view ids.
+    """
+
+    view: Tensor
+    records: StoreRecords
+    noise_seed: Tensor | None = None
+    log_probs: Tensor | None = None
+    probs: Tensor | None = None
+    fill: str | None = None
+    partner_inputs: Tensor | None = None
+    partner_targets: Tensor | None = None
+    partner_params: AugmentParams | None = None
+
+    def pin_memory(self) -> StoreLoad:
+        """A copy in pinned memory (the DataLoader calls it with ``pin_memory=True``)."""
+
+        def pin(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return value.pin_memory()
+            if isinstance(value, StoreRecords):
+                return StoreRecords(**{f.name: pin(getattr(value, f.name))
+                                       for f in fields(value)})
+            if isinstance(value, AugmentParams):
+                return value._replace(lambda t: t.pin_memory())
+            return value
+
+        return StoreLoad(**{f.name: pin(getattr(self, f.name)) for f in fields(self)})
 
 
 class MixedViews:
@@ -205,15 +292,12 @@ def view_meta(name: str, augment: ImageAugment | SignalAugment | None,
     return out
 
 
-def _load_samples(dataset: Any, ids: Tensor) -> dict[str, Tensor]:
-    """``{"input", "target"}`` of the samples ``ids`` of a data set (batched when it can)."""
-    index = ids.tolist()
+def _load_samples(dataset: Any, ids: list[int]) -> Batch:
+    """The samples ``ids`` of a data set as a :class:`Batch` (batched when it can; dict
+    samples or ``(x, y)`` pairs)."""
     getitems = getattr(dataset, "__getitems__", None)
-    if getitems is not None:
-        return getitems(index)
-    items = [dataset[i] for i in index]
-    return {"input": torch.stack([torch.as_tensor(it["input"]) for it in items]),
-            "target": torch.as_tensor([int(it["target"]) for it in items])}
+    return to_batch(collate(getitems(ids) if getitems is not None
+                            else [dataset[i] for i in ids]))
 
 
 class StoreView(View):
@@ -226,23 +310,36 @@ class StoreView(View):
     function-matching ``labels`` option: ``None`` (no label term, as Beyer et al. 2022), or
     mixed one-hot targets ``(B, K)``.
 
+    The work is split in two. :meth:`load` reads, on the CPU, everything a batch needs
+    (records, noise seeds, the soft labels when ``fill`` is given, mixing partners);
+    calling the view applies the crops and the mix on the batch's device. The trainer runs
+    :meth:`load` in its DataLoader (:meth:`loader_dataset`), in the workers when it has
+    some, with views drawn by :func:`epoch_views`. Called on a plain batch (your own loop),
+    the view loads in place and draws the view ids from ``generator``.
+
     Args:
         store: an open :class:`SoftLabelStore`.
         input_shape: one sample's shape (checked against the store's view kind).
         repeats: views per loaded sample in a batch (FKD's multi-crop loading).
         dataset: the training set the store was made from (sample ``i`` of the store is
             ``dataset[i]``); required for function-matching stores, ignored otherwise.
+        fill: the :class:`StoredTeacher`'s fill; given, :meth:`load` also computes the
+            dense soft labels (``StoredViewRecord.log_probs``), so the loader does that
+            work too. ``None``: the teacher computes them.
     """
 
     name = "store"
     separate_teacher_input = False
 
     def __init__(self, store: SoftLabelStore, input_shape: tuple[int, ...],
-                 repeats: int = 1, dataset: Any = None) -> None:
+                 repeats: int = 1, dataset: Any = None, fill: str | None = None) -> None:
         if repeats < 1:
             raise ConfigError(f"repeats must be >= 1, got {repeats}")
+        if fill is not None and fill not in FILL_MODES:
+            raise ConfigError(f"fill must be one of {FILL_MODES}, got {fill!r}")
         self.store = store
         self.repeats = int(repeats)
+        self.fill = fill
         self.kind = store.layout.view_kind
         stored_view = store.meta.get("view") or {}
         self.augment = None
@@ -269,52 +366,143 @@ class StoreView(View):
             self.augment = self.mixed.augment
             self.labels = bool(stored_view.get("labels", False))
 
+    # -- the CPU part ------------------------------------------------------------------------
+    def load(self, index: Tensor, view: Tensor, checked: bool = False) -> StoreLoad:
+        """Read what replaying views ``view`` of samples ``index.repeat_interleave(repeats)``
+        needs (CPU; see :class:`StoreLoad`). ``index``: ``(B,)``; ``view``: ``(B m,)``;
+        ``checked``: the ids are known to be in range (see :meth:`SoftLabelStore.read`)."""
+        sample = torch.as_tensor(index).cpu().to(torch.int64)
+        if self.repeats > 1:
+            sample = sample.repeat_interleave(self.repeats)
+        view = torch.as_tensor(view).cpu().to(torch.int64)
+        records = self.store.read(sample, view, checked=checked)
+        log_probs = probs = None
+        if self.fill is not None:
+            log_probs, probs = self.store.dense_targets(records, fill=self.fill)
+        if self.mixed is not None:
+            partner = records.partner
+            assert partner is not None
+            loaded = _load_samples(self.dataset, partner.tolist())
+            return StoreLoad(view, records, None, log_probs, probs, self.fill, loaded.inputs,
+                             loaded.targets,
+                             self.store.read(partner, view, checked=True).augment_params())
+        seeds = None
+        if getattr(self.augment, "noise_std", 0.0) > 0:  # signals with noise only
+            seeds = self.store.view_seed(sample, view)
+        return StoreLoad(view, records, seeds, log_probs, probs, self.fill)
+
+    def loader_dataset(self, dataset: Any, seed: int) -> StoreSamples:
+        """The training set as the trainer's loader should read it: :class:`StoreSamples`
+        (keys ``(epoch, sample)``), which runs :meth:`load` next to the data loading."""
+        return StoreSamples(self, dataset, seed)
+
+    # -- the device part ---------------------------------------------------------------------
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         if batch.index is None:
             raise ConfigError(
                 "training from a soft-label store needs the sample index of every batch "
                 "(data sets of kdforge provide it as 'index')"
             )
+        load = batch.view
+        if not isinstance(load, StoreLoad):  # a plain batch: read in place
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            view_ids = torch.randint(self.store.views_per_sample,
+                                     (batch.index.shape[0] * self.repeats,),
+                                     generator=generator, device=gen_device)
+            load = self.load(batch.index, view_ids)
         inputs, targets, index = batch.inputs, batch.targets, batch.index
         if self.repeats > 1:
             inputs = inputs.repeat_interleave(self.repeats, 0)
             index = index.repeat_interleave(self.repeats, 0)
             targets = None if targets is None else targets.repeat_interleave(self.repeats, 0)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        view_ids = torch.randint(self.store.views_per_sample, (index.shape[0],),
-                                 generator=generator, device=gen_device)
-        sample_cpu, view_cpu = index.cpu(), view_ids.cpu()
+        device = inputs.device
+        targets_kw: dict[str, Any] = {"fill": load.fill}
+        for name in ("log_probs", "probs"):
+            value = getattr(load, name)
+            targets_kw[name] = None if value is None else value.to(device, non_blocking=True)
         if self.mixed is not None:
-            return self._replay_mixed(inputs, targets, index, view_ids, sample_cpu, view_cpu)
-        records = self.store.read(sample_cpu, view_cpu).to(inputs.device)
+            return self._replay_mixed(inputs, targets, index, load, targets_kw)
+        records = load.records.to(device)
         if self.augment is not None:
-            seeds = None
-            if getattr(self.augment, "noise_std", 0.0) > 0:  # signals with noise only
-                seeds = self.store.view_seed(sample_cpu, view_cpu).to(inputs.device)
+            seeds = None if load.noise_seed is None else load.noise_seed.to(device)
             inputs = self.augment.apply(inputs, records.augment_params(noise_seed=seeds))
-        record = StoredViewRecord(index, view_ids.to(index.device), records)
+        record = StoredViewRecord(index, load.view.to(device), records, **targets_kw)
         return Batch(inputs, targets, None, index, view=record)
 
     def _replay_mixed(self, inputs: Tensor, targets: Tensor | None, index: Tensor,
-                      view_ids: Tensor, sample_cpu: Tensor, view_cpu: Tensor) -> Batch:
+                      load: StoreLoad, targets_kw: dict[str, Any]) -> Batch:
         """Function matching: own view + the stored partner's view, mixed as labelled."""
-        assert self.mixed is not None
-        records = self.store.read(sample_cpu, view_cpu)
-        partner = records.partner
-        assert partner is not None and records.ratio is not None
-        partner_view = self.store.read(partner, view_cpu).augment_params()
-        loaded = _load_samples(self.dataset, partner)
-        mixed, mix = self.mixed.render(inputs, loaded["input"], sample_cpu, view_cpu,
-                                       records.augment_params(), partner, partner_view,
-                                       records.ratio)
+        assert self.mixed is not None and load.partner_inputs is not None
+        assert load.partner_params is not None
+        records = load.records
+        assert records.partner is not None and records.ratio is not None
+        sample = index.cpu()
+        mixed, mix = self.mixed.render(inputs, load.partner_inputs.to(inputs.device), sample,
+                                       load.view, records.augment_params(), records.partner,
+                                       load.partner_params, records.ratio)
         mixed_targets = None
         if self.labels and targets is not None:
+            assert load.partner_targets is not None
             mixed_targets = self.mixed.mixup.mix_targets(
                 targets, mix.to(targets.device), self.store.num_classes,
-                partner_targets=loaded["target"].to(targets.device))
-        record = StoredViewRecord(index, view_ids.to(index.device), records.to(inputs.device),
-                                  mix.to(inputs.device))
+                partner_targets=load.partner_targets.to(targets.device))
+        record = StoredViewRecord(index, load.view.to(inputs.device), records.to(inputs.device),
+                                  mix.to(inputs.device), **targets_kw)
         return Batch(mixed, mixed_targets, None, index, view=record)
+
+
+class StoreSamples(Dataset):
+    """A training set read for a store replay: samples plus their views' :class:`StoreLoad`.
+
+    The trainer's loader asks it for batches of keys ``(epoch, sample)``
+    (:class:`kdforge.data.loaders.EpochKeySampler`); a batch is the data set's own batch
+    (``input``, ``target``, ``index``) plus ``view``: :meth:`StoreView.load` of the views
+    :func:`epoch_views` draws for (``seed``, epoch). Run in DataLoader
+    workers, all of the store's CPU work overlaps the training step, as in FKD.
+
+    Args:
+        view: the replaying :class:`StoreView`.
+        dataset: the training set (sample ``i`` of the store is ``dataset[i]``).
+        seed: the run's seed (the view draws depend on it and on the epoch).
+    """
+
+    def __init__(self, view: StoreView, dataset: Any, seed: int) -> None:
+        if len(dataset) != view.store.num_samples:
+            raise StoreError(
+                f"the training set has {len(dataset)} samples but the store {view.store.path} "
+                f"was made for {view.store.num_samples}; use the training set it was made from"
+            )
+        self.view, self.dataset, self.seed = view, dataset, int(seed)
+        self._views: tuple[int, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def views(self, epoch: int) -> Tensor:
+        """:func:`epoch_views` of ``epoch`` (kept while the epoch lasts)."""
+        if self._views is None or self._views[0] != epoch:
+            store = self.view.store
+            self._views = (epoch, epoch_views(self.seed, epoch, store.num_samples,
+                                              self.view.repeats, store.views_per_sample))
+        return self._views[1]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        epoch = keys[0][0] if keys else 0
+        ids = [i for e, i in keys if e == epoch]
+        if len(ids) != len(keys):
+            raise ConfigError(
+                "StoreSamples takes (epoch, sample) keys of one epoch per batch; got several "
+                "epochs (use kdforge.data.loaders.train_loader(..., keyed=True))"
+            )
+        batch = _load_samples(self.dataset, ids)
+        index = batch.index if batch.index is not None else torch.as_tensor(ids)
+        view_ids = self.views(int(epoch)).index_select(0, index).reshape(-1)
+        return {"input": batch.inputs, "target": batch.targets, "index": index,
+                "view": self.view.load(index, view_ids, checked=True)}
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        """The batch of the one key ``(epoch, sample)``."""
+        return self.__getitems__([key])
 
 
 class StoredTeacher(Teacher):
@@ -340,10 +528,16 @@ class StoredTeacher(Teacher):
                 "a stored teacher answers only for batches replayed from its store (the run's "
                 "view must be the store's); evaluate fidelity with the real teacher instead"
             )
-        return Outputs(self.store.log_probs(record.records, fill=self.fill).to(inputs.device))
+        if record.log_probs is not None and record.fill == self.fill:  # read by the loader
+            log_probs, probs = record.log_probs, record.probs
+        else:
+            log_probs, probs = self.store.dense_targets(record.records, fill=self.fill)
+        device = inputs.device
+        return Outputs(log_probs.to(device), probs=None if probs is None else probs.to(device))
 
     def extra_repr(self) -> str:
         return f"store={str(self.store.path)!r}, fill={self.fill!r}"
 
 
-__all__ = ["MixedViews", "StoreView", "StoredTeacher", "StoredViewRecord", "view_meta"]
+__all__ = ["MixedViews", "StoreLoad", "StoreSamples", "StoreView", "StoredTeacher",
+           "StoredViewRecord", "epoch_views", "view_meta"]
