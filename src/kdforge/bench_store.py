@@ -162,12 +162,18 @@ def _check_keys(path: Path, prefix: str, section: dict, allowed: set[str]) -> No
                           f"{sorted(prefix + k for k in allowed)}")
 
 
+def _shared_data(spec: dict[str, Any]) -> dict[str, Any]:
+    """The data section of the teacher run and the stores: the students' without
+    ``num_workers``, a setting of the timed student runs that changes neither."""
+    return {k: v for k, v in spec["data"].items() if k != "num_workers"}
+
+
 def _teacher_config(spec: dict[str, Any]) -> Any:
     t = spec["teacher"]
     epochs = t["epochs"]
     return parse_config({
         "name": "teacher", "seed": spec["seed"], "output_dir": str(spec["output_dir"]),
-        "data": spec["data"], "student": t["model"], "losses": [{"name": "ce"}],
+        "data": _shared_data(spec), "student": t["model"], "losses": [{"name": "ce"}],
         "optim": t["optim"], "schedule": t["schedule"],
         "train": {"epochs": epochs, "device": spec["device"],
                   "eval_every": max(1, epochs // 4)},
@@ -196,7 +202,7 @@ def _store_config(spec: dict[str, Any], value_format: str, teacher_run: Path) ->
     s = spec["store"]
     return parse_config({
         "name": value_format, "seed": spec["seed"],
-        "output_dir": str(spec["output_dir"] / "stores"), "data": spec["data"],
+        "output_dir": str(spec["output_dir"] / "stores"), "data": _shared_data(spec),
         "teacher": {"run": str(teacher_run)}, "device": spec["device"],
         "view": {"name": "consistent", **spec["augment"]},
         "store": {"views_per_sample": s["views_per_sample"], "top_k": s["top_k"],
@@ -407,6 +413,7 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
     # 3. the training runs, epoch by epoch in turn, with a timing round after each epoch
     labels = ["supervised", "online_kd", *[f"store_kd_{fmt}" for fmt in formats]]
     timer = _RoundTimer(spec, data, teacher_net, device)
+    orders = balanced_orders(len(labels))
     epoch_rates: dict[str, list[float]] = {label: [] for label in labels}
     paired: dict[str, list[float]] = {key: [] for key in (
         "store_vs_supervised", "store_vs_online", "online_vs_ideal", "teacher_cost_ratio",
@@ -418,7 +425,11 @@ def run_store_bench(spec_path: str | Path = "benchmarks/store.yaml", *,
                 for label in labels}
         steps = {label: run.epochs() for label, run in runs.items()}
         for epoch in range(spec["epochs"]):
-            rate = {label: next(steps[label])["samples_per_s"] for label in labels}
+            # an epoch runs slower right after the online run's (the teacher's activations
+            # evict the caches): the order changes every epoch so that every run follows
+            # every other one (and the timing round) equally often
+            order = orders[epoch % len(orders)]
+            rate = {labels[i]: next(steps[labels[i]])["samples_per_s"] for i in order}
             t_rate, s_rate = timer.round()
             if epoch == 0 and spec["epochs"] > 1:
                 continue  # warm-up epoch
@@ -522,6 +533,24 @@ class _RoundTimer:
         s_rate = student_step_rate(self.student, self.optimizer, self.x, self.y, self.steps, 1,
                                    self.device)
         return t_rate, s_rate
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` runs in which every run directly follows every other run equally
+    often, and each run comes first equally often: a Williams design (Williams, "Experimental
+    designs balanced for the estimation of residual effects of treatments", 1949). ``n``
+    orders for even ``n``; for odd ``n`` those and their reverses (``2n``).
+    """
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        if len(first) % 2:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % n for i in first] for shift in range(n)]
+    return orders + [order[::-1] for order in orders] if n % 2 else orders
+
 
 def _printer(verbose: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
