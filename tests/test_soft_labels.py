@@ -10,7 +10,7 @@ from kdforge import ConfigError, StoreError, api
 from kdforge.cli import main
 from kdforge.config import SoftLabelConfig, parse_config
 from kdforge.core.outputs import Batch
-from kdforge.data.loaders import to_batch
+from kdforge.data.loaders import EpochBatch, EpochBatchSampler, to_batch
 from kdforge.soft_labels import generate
 from kdforge.teachers.store import SoftLabelStore
 from kdforge.teachers.stored import StoredTeacher, StoreView, epoch_views
@@ -368,7 +368,7 @@ def test_store_samples_load_the_epochs_views_and_replay_what_the_teacher_labelle
     view = StoreView(store, (1, 8, 8), repeats=2, fill="smooth")
     samples = view.loader_dataset(data.train, seed=5)
     ids = [9, 0, 31, 4]
-    raw = samples.__getitems__([(3, i) for i in ids])
+    raw = samples.__getitems__(EpochBatch(3, ids))
     load = raw["view"]
     assert torch.equal(raw["index"], torch.tensor(ids))
     expected = epoch_views(5, 3, store.num_samples, 2, store.views_per_sample)[ids].reshape(-1)
@@ -384,11 +384,12 @@ def test_store_samples_load_the_epochs_views_and_replay_what_the_teacher_labelle
     assert torch.equal(top, replayed.view.records.indices)  # the labelled views, exactly
     outputs = StoredTeacher(store)(replayed.inputs, replayed)
     assert torch.equal(outputs.logits, load.log_probs) and outputs.probs is not None
-    with pytest.raises(ConfigError, match="one epoch"):
-        samples.__getitems__([(3, 0), (4, 1)])
+    with pytest.raises(ConfigError, match="EpochBatch"):
+        samples.__getitems__([(3, 0), (3, 1)])
+    assert torch.equal(samples[(3, 31)]["view"].view, load.view[4:6])  # one sample
 
 
-def test_store_training_does_not_depend_on_workers_or_prefetch(tmp_path, teacher):
+def test_store_training_does_not_depend_on_the_number_of_workers(tmp_path, teacher):
     stats = generate(store_config(tmp_path, teacher), verbose=False)
 
     def weights(name, **data):
@@ -398,17 +399,16 @@ def test_store_training_does_not_depend_on_workers_or_prefetch(tmp_path, teacher
         run = api.train(parse_config(cfg), verbose=False)
         return torch.load(run.run_dir / "checkpoint.pt", weights_only=False)["student"]
 
-    plain = weights("plain", prefetch=False)
-    for name, data in (("thread", {"prefetch": True}), ("worker", {"num_workers": 1})):
-        other = weights(name, **data)
-        assert all(torch.equal(plain[k], other[k]) for k in plain), name
+    plain, workers = weights("plain"), weights("workers", num_workers=1)
+    assert all(torch.equal(plain[k], workers[k]) for k in plain)
 
 
-def test_epoch_key_sampler_keys_the_distributed_order():
-    from kdforge.data.loaders import EpochKeySampler
-
+def test_epoch_batches_key_the_distributed_order():
     plain = DistributedSampler(range(10), num_replicas=2, rank=1, seed=3)
-    keyed = EpochKeySampler(range(10), num_replicas=2, rank=1, seed=3)
+    keyed = EpochBatchSampler(DistributedSampler(range(10), num_replicas=2, rank=1, seed=3),
+                              2, drop_last=False)
     plain.set_epoch(4)
     keyed.set_epoch(4)
-    assert list(keyed) == [(4, i) for i in plain]
+    order = list(plain)
+    assert list(keyed) == [EpochBatch(4, order[i:i + 2]) for i in range(0, 5, 2)]
+    assert len(keyed) == 3

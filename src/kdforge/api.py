@@ -212,7 +212,6 @@ class Run:
             distiller, data.train, data.val, num_classes=k, optim=cfg.optim,
             schedule=cfg.schedule, train=cfg.train, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
-            prefetch=cfg.data.prefetch,
             seed=cfg.seed, run_dir=self.run_dir, callbacks=callbacks, verbose=verbose,
             title=cfg.name, view=view, eval_teacher=eval_teacher,
         )

@@ -162,10 +162,14 @@ def _check_keys(path: Path, prefix: str, section: dict, allowed: set[str]) -> No
                           f"{sorted(prefix + k for k in allowed)}")
 
 
+#: Loader settings of the timed student runs; the teacher run and the stores ignore them.
+_LOADER_KEYS = ("num_workers",)
+
+
 def _shared_data(spec: dict[str, Any]) -> dict[str, Any]:
-    """The data section of the teacher run and the stores: the students' without
-    ``num_workers``, a setting of the timed student runs that changes neither."""
-    return {k: v for k, v in spec["data"].items() if k != "num_workers"}
+    """The data section of the teacher run and the stores: the students' without their
+    loader settings, which change neither."""
+    return {k: v for k, v in spec["data"].items() if k not in _LOADER_KEYS}
 
 
 def _teacher_config(spec: dict[str, Any]) -> Any:

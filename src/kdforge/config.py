@@ -53,8 +53,6 @@ class DataConfig(_Named):
     batch_size: int = Field(128, gt=0, description="global training batch size")
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    prefetch: bool = Field(True, description="with num_workers 0, load the next batch in a "
-                                             "background thread while one trains")
 
 
 class ModelConfig(_Named):

@@ -81,9 +81,7 @@ def test_resume_refuses_other_config_and_missing_checkpoint(tmp_path):
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     a = api.train(parse_config(synthetic_config(tmp_path, name="a")), verbose=False)
-    # data.prefetch (a thread loads the next batch; on by default) changes nothing
-    b = api.train(parse_config(synthetic_config(tmp_path, name="b", data={"prefetch": False})),
-                  verbose=False)
+    b = api.train(parse_config(synthetic_config(tmp_path, name="b")), verbose=False)
     c = api.train(parse_config(synthetic_config(tmp_path, name="c", seed=1)), verbose=False)
 
     def weights(r):
@@ -112,27 +110,6 @@ def test_nan_loss_raises_clear_error_and_keeps_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="exploding") as err:
         trainer.fit()
     assert "grad_clip" in str(err.value)
-
-
-def test_prefetch_thread_passes_loader_errors_on():
-    class Broken(torch.utils.data.Dataset):
-        def __init__(self, data):
-            self.data = data
-
-        def __len__(self):
-            return len(self.data)
-
-        def __getitem__(self, i):
-            if i == len(self.data) - 1:
-                raise ValueError("sample is corrupt")
-            return self.data[i]
-
-    data = image_data()
-    trainer = Trainer(Distiller(TinyNet(), None, [CE()]), Broken(data.train), None,
-                      num_classes=4, batch_size=16, prefetch=True,
-                      train=TrainConfig(epochs=1, device="cpu"), verbose=False)
-    with pytest.raises(ValueError, match="corrupt"):
-        trainer.fit()
 
 
 def test_warmup_cosine_and_step_schedules():

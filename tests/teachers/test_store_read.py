@@ -1,4 +1,4 @@
-"""The training read path (torch gather + decode_bytes) against the numpy path (raw + decode)."""
+"""The training read path (a uint8 gather + decode_bytes) against the structured path (raw + decode)."""
 
 import dataclasses
 

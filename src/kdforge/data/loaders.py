@@ -9,10 +9,11 @@ run with the same global batch size.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from kdforge.core.errors import ConfigError
@@ -61,17 +62,44 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-class EpochKeySampler(DistributedSampler):
-    """:class:`DistributedSampler` whose keys are ``(epoch, index)`` pairs.
+@dataclass(frozen=True)
+class EpochBatch:
+    """The key of one training batch for data sets whose samples depend on the epoch."""
+
+    epoch: int
+    indices: list[int]
+
+
+class EpochBatchSampler(Sampler[EpochBatch]):
+    """The batches of a :class:`DistributedSampler`, each as one :class:`EpochBatch`.
 
     For data sets whose samples depend on the epoch (a store replay draws each sample's
     view per epoch): the key carries the epoch into DataLoader workers, which, persistent,
-    hold a copy of the data set made before the epoch began.
+    hold a copy of the data set made before the epoch began. One key per batch, not per
+    sample, so the epoch costs nothing per sample. The data set's ``__getitems__`` receives
+    the :class:`EpochBatch`.
     """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((epoch, int(i)) for i in super().__iter__())
+    def __init__(self, sampler: DistributedSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler = sampler
+        self.batches = BatchSampler(sampler, batch_size, drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[EpochBatch]:
+        epoch = self.sampler.epoch
+        return (EpochBatch(epoch, indices) for indices in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell a :func:`train_loader` which epoch begins (it reshuffles from ``seed + epoch``)."""
+    batches = loader.batch_sampler
+    sampler = batches if isinstance(batches, EpochBatchSampler) else loader.sampler
+    sampler.set_epoch(epoch)  # type: ignore[union-attr]
 
 
 def train_loader(
@@ -88,27 +116,24 @@ def train_loader(
 ) -> DataLoader:
     """A shuffling loader; ``batch_size`` is the *global* batch, split evenly over ranks.
 
-    Call ``loader.sampler.set_epoch(epoch)`` before each epoch (the trainer does).
-    ``keyed``: ask ``dataset`` for ``(epoch, index)`` keys (:class:`EpochKeySampler`).
+    Call :func:`set_epoch` before each epoch (the trainer does). ``keyed``: ask ``dataset``
+    for one :class:`EpochBatch` per batch (``__getitems__(EpochBatch(epoch, indices))``).
     """
     if batch_size % world_size:
         raise ConfigError(
             f"batch_size {batch_size} is the global batch and must be divisible by the "
             f"{world_size} processes; use a multiple of {world_size}"
         )
-    sampler = (EpochKeySampler if keyed else DistributedSampler)(
+    sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
     )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size // world_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+    common = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": pin_memory,
+              "persistent_workers": num_workers > 0}
+    if keyed:
+        batches = EpochBatchSampler(sampler, batch_size // world_size, drop_last)
+        return DataLoader(dataset, batch_sampler=batches, **common)
+    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler,
+                      drop_last=drop_last, **common)
 
 
 def eval_loader(
@@ -130,4 +155,5 @@ def first_batch(dataset: Dataset, size: int) -> Batch:
     return to_batch(collate(items))
 
 
-__all__ = ["EpochKeySampler", "ShardSampler", "collate", "eval_loader", "first_batch", "to_batch", "train_loader"]
+__all__ = ["EpochBatch", "EpochBatchSampler", "ShardSampler", "collate", "eval_loader", "first_batch", "set_epoch",
+           "to_batch", "train_loader"]

@@ -73,8 +73,8 @@ class View:
 
         A view whose batches need CPU work that does not depend on the training step (a
         store replay reads and decodes its records) returns a data set that does it, so it
-        runs in the DataLoader's workers; that data set is asked for ``(epoch, index)``
-        keys and puts what it prepared in its batches' ``view`` entry, which ``__call__``
+        runs in the DataLoader's workers; that data set is asked for one
+        :class:`~kdforge.data.loaders.EpochBatch` (epoch and indices) per batch and puts what it prepared in its batches' ``view`` entry, which ``__call__``
         then finds in ``batch.view``. ``seed``: the run's seed. Views that draw on the
         device return ``None`` (the default).
         """

@@ -7,12 +7,11 @@ that change the loop itself drive this trainer rather than copying it.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch.utils.data import Dataset
 from kdforge.config import OptimConfig, ScheduleConfig, TrainConfig
 from kdforge.core.errors import CheckpointError, ConfigError, NonFiniteLossError
 from kdforge.core.outputs import Batch, as_device
-from kdforge.data.loaders import eval_loader, first_batch, to_batch, train_loader
+from kdforge.data.loaders import eval_loader, first_batch, set_epoch, to_batch, train_loader
 from kdforge.data.views import View
 from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
@@ -109,22 +108,6 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
     return 1.0
 
 
-def _prefetched(loader: Iterable[Any]) -> Iterator[Any]:
-    """``loader``'s batches, each fetched in a background thread while the previous one
-    trains (the training step's kernels release the GIL). Only for loaders whose data set
-    draws no numbers from torch's global generator: the thread's draws would interleave
-    with the step's."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdforge-load") as pool:
-        batches = iter(loader)
-        pending = pool.submit(next, batches, _DONE)
-        while (batch := pending.result()) is not _DONE:
-            pending = pool.submit(next, batches, _DONE)
-            yield batch
-
-
-_DONE = object()
-
-
 def _skip_synced_buffers(distiller: Distiller) -> None:
     """Keep DDP from re-broadcasting buffers that terms already keep identical on all ranks.
 
@@ -151,11 +134,6 @@ class Trainer:
         optim, schedule, train: the corresponding config sections.
         batch_size: the global batch size (split over ``torchrun`` processes).
         num_workers: DataLoader worker processes (0: load in this process).
-        prefetch: with ``num_workers=0``, load the next batch in a background thread while
-            the current one trains (the step's kernels release the GIL). Only for data sets
-            that draw no numbers from torch's global generator when indexed (kdforge's draw
-            none; the config's ``data.prefetch`` defaults to on); off by default here, where
-            the data set may be anything.
         run_dir: where files go (``None``: write nothing).
         callbacks: called as ``callback(trainer, record)`` after each epoch.
         verbose: show progress.
@@ -172,7 +150,7 @@ class Trainer:
                  *, num_classes: int, optim: OptimConfig | None = None,
                  schedule: ScheduleConfig | None = None, train: TrainConfig | None = None,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
-                 prefetch: bool = False, seed: int = 0, run_dir: str | Path | None = None,
+                 seed: int = 0, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "",
                  view: View | None = None, eval_teacher: nn.Module | None | str = "auto") -> None:
         self.distiller = distiller
@@ -188,7 +166,6 @@ class Trainer:
         self.cfg = train or TrainConfig()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
-        self.prefetch = bool(prefetch) and num_workers == 0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.verbose, self.title = verbose, title
@@ -405,14 +382,14 @@ class Trainer:
         seed = epoch_seed(self.seed, self.epoch, self.env.rank)
         seed_everything(seed)
         self.view_generator.manual_seed(seed + 1)
-        self.loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        set_epoch(self.loader, self.epoch)
         self.model.train()
         sums: dict[str, Tensor] = {}
         seen = torch.zeros((), device=self.device)
         progress.start_epoch(self.epoch)
         start = time.perf_counter()
         pending = 0
-        for i, raw in enumerate(_prefetched(self.loader) if self.prefetch else self.loader):
+        for i, raw in enumerate(self.loader):
             self.distiller.progress = self.epoch + i / self.steps_per_epoch
             batch = self._prepare_inputs(self._view(as_device(to_batch(raw), self.device)))
             with torch.autocast(self.device.type, dtype=self.autocast_dtype,

@@ -90,7 +90,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -112,6 +111,8 @@ __all__ = [
     "StoreError",
     "StoreLayout",
     "StoreRecords",
+    "as_ids",
+    "dense_arrays",
     "dense_targets",
     "log_probs",
     "quantize_crop",
@@ -157,7 +158,9 @@ def _crop_codes(crop: Tensor) -> Tensor:
     return torch.cat([start, length], dim=-1)
 
 
-def _crop_from_codes(codes: Tensor) -> Tensor:
+def _crop_from_codes(codes: Tensor | np.ndarray) -> Tensor:
+    if isinstance(codes, np.ndarray):  # the read path: numpy, bit-identical to the torch ops
+        return torch.from_numpy(codes.astype(np.float32) / np.float32(255.0))
     return codes.to(torch.float32) / 255.0
 
 
@@ -184,7 +187,10 @@ def _ratio_codes(ratio: Tensor) -> Tensor:
     return q.clamp(0, 255).to(torch.int64)
 
 
-def _ratio_from_codes(codes: Tensor) -> Tensor:
+def _ratio_from_codes(codes: Tensor | np.ndarray) -> Tensor:
+    if isinstance(codes, np.ndarray):  # the read path: numpy, bit-identical to the torch ops
+        return torch.from_numpy((codes.astype(np.float32) + np.float32(255.0))
+                                / np.float32(510.0))
     return (codes.to(torch.float32) + 255.0) / 510.0
 
 
@@ -603,42 +609,35 @@ class StoreLayout:
         return StoreRecords(indices, logp, crop, flip, partner, ratio)
 
 
-    def decode_bytes(self, rows: Tensor) -> StoreRecords:
-        """:meth:`decode` for records given as a ``(B, bytes_per_view)`` uint8 tensor.
+    def decode_bytes(self, rows: np.ndarray) -> StoreRecords:
+        """:meth:`decode` for records given as a ``(B, bytes_per_view)`` uint8 array.
 
-        The training path: torch ops on a gathered block of bytes, no structured numpy
-        array. Gives the same tensors as :meth:`decode` (little-endian hosts; others use
-        :meth:`decode`).
+        The training path: numpy views of a gathered block of bytes, no structured array
+        (on a CPU, each numpy op on a batch's few kilobytes costs a fraction of a torch
+        op's dispatch). Gives the same tensors as :meth:`decode`, bit for bit.
         """
-        if sys.byteorder != "little":
-            return self.decode(rows.numpy().copy().view(self.record_dtype()).reshape(-1))
         offsets = _field_offsets(self)
 
-        def field(name: str, dtype: torch.dtype) -> Tensor:
+        def field(name: str, dtype: str) -> np.ndarray:
             start, size = offsets[name]
             part = rows[:, start:start + size]
-            if dtype == torch.uint8:
-                return part
-            # a packed copy (plain strides even for B <= 1), then reinterpret the bytes
-            return part.clone(memory_format=torch.contiguous_format).view(dtype)
+            return part if dtype == "u1" else np.ascontiguousarray(part).view(dtype)
 
         k = self.top_k
-        wide = self.index_dtype == "uint32"
-        indices = field("indices", torch.int32 if wide else torch.int16).to(torch.int64)
-        indices = indices & (0xFFFFFFFF if wide else 0xFFFF)  # the stored ints are unsigned
+        indices = field("indices", "<u4" if self.index_dtype == "uint32" else "<u2")
         if self.value_format == "fp16":
-            logp = field("values", torch.float16).to(torch.float32)
+            logp = field("values", "<f2").astype(np.float32)
         else:
-            logp = field("values", torch.uint8).to(torch.float32) * float(-self.step)
+            logp = field("values", "u1").astype(np.float32) * np.float32(-self.step)
         crop = flip = partner = ratio = None
         if self.view_kind != "none":
-            crop = _crop_from_codes(field("crop", torch.uint8))
-            flip = (field("flags", torch.uint8)[:, 0] & 1).to(torch.bool)
+            crop = _crop_from_codes(field("crop", "u1"))
+            flip = torch.from_numpy((field("flags", "u1")[:, 0] & 1).astype(bool))
         if self.has_mix:
-            partner = field("partner", torch.int32).to(torch.int64)[:, 0] & 0xFFFFFFFF
-            ratio = _ratio_from_codes(field("ratio", torch.uint8)[:, 0])
-        return StoreRecords(indices.reshape(-1, k), logp.reshape(-1, k), crop, flip,
-                            partner, ratio)
+            partner = torch.from_numpy(field("partner", "<u4")[:, 0].astype(np.int64))
+            ratio = _ratio_from_codes(field("ratio", "u1")[:, 0])
+        return StoreRecords(torch.from_numpy(indices.astype(np.int64).reshape(-1, k)),
+                            torch.from_numpy(logp.reshape(-1, k)), crop, flip, partner, ratio)
 
 
 @functools.lru_cache(maxsize=32)
@@ -686,6 +685,8 @@ class StoreRecords:
         return int(self.indices.shape[0])
 
     def to(self, device: torch.device | str) -> StoreRecords:
+        if self.indices.device == torch.device(device):
+            return self
         return StoreRecords(
             **{
                 f.name: None if (v := getattr(self, f.name)) is None else v.to(device)
@@ -704,25 +705,26 @@ class StoreRecords:
         return AugmentParams(crop=self.crop, flip=self.flip, noise_seed=noise_seed)
 
 
-def _check_records(records: StoreRecords, num_classes: int, fill: str) -> None:
+def _check_records(k: int, max_index: int | None, num_classes: int, fill: str) -> None:
+    """Refuse a fill mode or class count that does not fit records of top-``k`` classes
+    whose largest class index is ``max_index`` (``None``: no records)."""
     if fill not in FILL_MODES:
         raise StoreError(f"fill must be one of {FILL_MODES}; got {fill!r}")
-    batch, k = records.indices.shape
     if k > num_classes:
         raise StoreError(f"the records hold top-{k} classes but num_classes is {num_classes}")
-    if batch and int(records.indices.max()) >= num_classes:
+    if max_index is not None and max_index >= num_classes:
         raise StoreError(
-            f"the records name class {int(records.indices.max())} but num_classes is "
-            f"{num_classes}: pass the store's num_classes"
+            f"the records name class {max_index} but num_classes is {num_classes}: pass the "
+            "store's num_classes"
         )
 
 
 def _target_logits(records: StoreRecords, num_classes: int, fill: str) -> Tensor:
     """``(B, K)`` un-normalised log-weights of the T = 1 target (see :func:`soft_targets`)."""
-    _check_records(records, num_classes, fill)
     indices = records.indices.to(torch.int64)
     logp = records.logp.to(torch.float32)
     batch, k = indices.shape
+    _check_records(k, int(indices.max()) if batch else None, num_classes, fill)
     others = num_classes - k
     if fill == "smooth" and others > 0:
         missing = (1.0 - logp.exp().sum(dim=1, keepdim=True)).clamp(min=0.0)
@@ -741,25 +743,49 @@ def dense_targets(records: StoreRecords, num_classes: int,
     closed form: with ``p`` the stored top-k probabilities and ``S = sum_i p_i``, the
     un-normalised row holds ``p`` on the top-k and, for ``"smooth"``, ``m / (K - k)`` on
     each other class, ``m = max(0, 1 - S)``; its sum is ``Z = S + m`` (``S`` for
-    ``"renorm"``). No softmax is taken: this runs for every training batch read from a
-    store (on a CPU, ``log_softmax`` of a ``(512, 10)`` tensor costs as much as ten
-    element-wise ops). ``log_probs`` is clamped below at ``log(float32 tiny)`` as in
+    ``"renorm"``). ``log_probs`` is clamped below at ``log(float32 tiny)`` as in
     :func:`log_probs`.
+
+    This runs for every training batch read from a store, in the data loader, so it is
+    computed with numpy on the CPU (:func:`dense_arrays`): no softmax, and about a dozen
+    array ops that cost a fraction of torch's per-op dispatch at this size. Records on
+    another device are copied to the CPU and the results moved back.
     """
-    _check_records(records, num_classes, fill)
-    logp = records.logp.to(torch.float32)
+    device = records.logp.device
+    log_q, q = dense_arrays(records.logp.detach().to("cpu", torch.float32).numpy(),
+                            records.indices.detach().to("cpu", torch.int64).numpy(),
+                            num_classes, fill)
+    return torch.from_numpy(log_q).to(device), torch.from_numpy(q).to(device)
+
+
+def dense_arrays(logp: np.ndarray, indices: np.ndarray, num_classes: int,
+                 fill: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dense_targets` of ``(B, k)`` float32 log-probabilities and int64 classes."""
     batch, k = logp.shape
-    p = logp.exp()
-    total = p.sum(dim=1, keepdim=True)
+    _check_records(k, int(indices.max()) if batch else None, num_classes, fill)
+    p = np.exp(logp)
+    total = (p @ np.ones(k, dtype=np.float32))[:, None]  # a row sum; numpy's sum(axis=1)
+    probs = np.zeros((batch, num_classes), dtype=np.float32)  # is 8x slower at this size
     others = num_classes - k
     if fill == "smooth" and others > 0:
-        missing = (1.0 - total).clamp_(min=0.0)
-        base, total = missing / others, total + missing
-    else:
-        base = torch.zeros((batch, 1), device=p.device)
-    probs = base.expand(batch, num_classes).clone()
-    probs.scatter_(1, records.indices.to(torch.int64), p).div_(total)
-    return probs.log().clamp_(min=_LOG_FLOOR), probs
+        missing = np.maximum(np.float32(1.0) - total, np.float32(0.0))
+        probs += missing / np.float32(others)
+        total += missing
+    flat = (indices + np.arange(batch)[:, None] * num_classes).reshape(-1)
+    probs.reshape(-1)[flat] = p.reshape(-1)  # scatter the top-k into their classes
+    probs /= total
+    with np.errstate(divide="ignore"):  # log(0) = -inf, clamped to the floor
+        log_probs = np.maximum(np.log(probs), np.float32(_LOG_FLOOR))
+    return log_probs, probs
+
+
+def as_ids(ids: Any) -> np.ndarray:
+    """Sample or view ids (tensor, array or sequence) as a flat int64 numpy array (CPU)."""
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64, copy=False).reshape(-1)
+    if isinstance(ids, Tensor):
+        return ids.detach().reshape(-1).to("cpu", torch.int64).numpy()
+    return np.asarray(ids, dtype=np.int64).reshape(-1)
 
 
 def _check_temperature(T: float) -> float:
@@ -1283,7 +1309,7 @@ class SoftLabelStore:
             self._files.append(file)
             self._sha256.append(digest)
         self._maps: list[np.memmap | None] = [None] * len(self._files)
-        self._tables: list[Tensor | None] = [None] * len(self._files)
+        self._tables: list[np.ndarray | None] = [None] * len(self._files)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -1334,15 +1360,13 @@ class SoftLabelStore:
             self._maps[shard_id] = mm
         return mm
 
-    def _table(self, shard_id: int) -> Tensor:
-        """Shard ``shard_id`` as a read-only ``(records, bytes_per_view)`` uint8 tensor over
+    def _table(self, shard_id: int) -> np.ndarray:
+        """Shard ``shard_id`` as a read-only ``(records, bytes_per_view)`` uint8 array over
         its memory map (nothing is copied until rows are gathered)."""
         table = self._tables[shard_id]
         if table is None:
             flat = np.asarray(self._map(shard_id)).view(np.uint8)
-            with warnings.catch_warnings():  # the map is read-only and is only ever read
-                warnings.simplefilter("ignore", UserWarning)
-                table = torch.from_numpy(flat).view(-1, self.layout.bytes_per_view)
+            table = flat.reshape(-1, self.layout.bytes_per_view)
             self._tables[shard_id] = table
         return table
 
@@ -1362,8 +1386,7 @@ class SoftLabelStore:
 
     def raw(self, sample: Tensor | Sequence[int], view: Tensor | Sequence[int]) -> np.ndarray:
         """The undecoded records (structured array) of views ``view`` of samples ``sample``."""
-        s = np.asarray(torch.as_tensor(sample).detach().cpu(), dtype=np.int64).reshape(-1)
-        v = np.asarray(torch.as_tensor(view).detach().cpu(), dtype=np.int64).reshape(-1)
+        s, v = as_ids(sample), as_ids(view)
         if s.shape != v.shape:
             raise StoreError(
                 f"sample and view must have the same length; got {s.shape} and {v.shape}"
@@ -1393,32 +1416,32 @@ class SoftLabelStore:
              checked: bool = False) -> StoreRecords:
         """Decoded records of view ``view[b]`` of sample ``sample[b]`` (``(B,)`` each).
 
-        The same records as ``layout.decode(raw(sample, view))``, gathered and decoded
-        with torch ops (this runs every training step). ``checked=True`` skips the range
-        check of the ids, for callers that drew them within range themselves.
+        The same records as ``layout.decode(raw(sample, view))``, gathered from the memory
+        map as bytes and decoded with numpy (this runs for every training batch). Ids may be
+        tensors, arrays or sequences. ``checked=True`` skips the range check of the ids, for
+        callers that drew them within range themselves.
         """
-        s = torch.as_tensor(sample).detach().reshape(-1).to("cpu", torch.int64)
-        v = torch.as_tensor(view).detach().reshape(-1).to("cpu", torch.int64)
-        if s.shape != v.shape:
+        s_np, v_np = as_ids(sample), as_ids(view)
+        if s_np.shape != v_np.shape:
             raise StoreError(
-                f"sample and view must have the same length; got {tuple(s.shape)} and "
-                f"{tuple(v.shape)}"
+                f"sample and view must have the same length; got {s_np.shape} and "
+                f"{v_np.shape}"
             )
         lay = self.layout
-        if s.numel() and not checked:
-            (s_lo, s_hi), (v_lo, v_hi) = torch.aminmax(s), torch.aminmax(v)
-            if s_lo < 0 or s_hi >= lay.num_samples or v_lo < 0 or v_hi >= lay.views_per_sample:
-                self.raw(s, v)  # raises the error naming the ids out of range
-        per = self.samples_per_shard
+        if s_np.size and not checked and (
+                s_np.min() < 0 or s_np.max() >= lay.num_samples
+                or v_np.min() < 0 or v_np.max() >= lay.views_per_sample):
+            self.raw(s_np, v_np)  # raises the error naming the ids out of range
+        per, views = self.samples_per_shard, lay.views_per_sample
         if self.num_shards == 1:
-            rows = self._table(0).index_select(0, s * lay.views_per_sample + v)
+            rows = self._table(0)[s_np * views + v_np]
         else:
-            shard = torch.div(s, per, rounding_mode="floor")
-            offset = (s - shard * per) * lay.views_per_sample + v
-            rows = torch.empty(s.shape[0], lay.bytes_per_view, dtype=torch.uint8)
-            for shard_id in shard.unique().tolist():
+            shard = s_np // per
+            offset = (s_np - shard * per) * views + v_np
+            rows = np.empty((s_np.shape[0], lay.bytes_per_view), dtype=np.uint8)
+            for shard_id in np.unique(shard).tolist():
                 where = shard == shard_id
-                rows[where] = self._table(shard_id).index_select(0, offset[where])
+                rows[where] = self._table(shard_id)[offset[where]]
         return lay.decode_bytes(rows)
 
     def soft_targets(self, records: StoreRecords, T: float = 1.0, fill: str = "smooth") -> Tensor:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -44,7 +45,7 @@ from kdforge.data.augment import (
     SignalAugment,
     make_augment,
 )
-from kdforge.data.loaders import collate, to_batch
+from kdforge.data.loaders import EpochBatch, collate, to_batch
 from kdforge.data.views import View
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.store import (
@@ -52,6 +53,8 @@ from kdforge.teachers.store import (
     SoftLabelStore,
     StoreRecords,
     _hash32_int,
+    as_ids,
+    dense_arrays,
     quantize_crop,
     ratio_code_cdf,
     ratio_from_uniform,
@@ -371,14 +374,16 @@ class StoreView(View):
         """Read what replaying views ``view`` of samples ``index.repeat_interleave(repeats)``
         needs (CPU; see :class:`StoreLoad`). ``index``: ``(B,)``; ``view``: ``(B m,)``;
         ``checked``: the ids are known to be in range (see :meth:`SoftLabelStore.read`)."""
-        sample = torch.as_tensor(index).cpu().to(torch.int64)
+        sample, view_np = as_ids(index), as_ids(view)
         if self.repeats > 1:
-            sample = sample.repeat_interleave(self.repeats)
-        view = torch.as_tensor(view).cpu().to(torch.int64)
-        records = self.store.read(sample, view, checked=checked)
+            sample = np.repeat(sample, self.repeats)
+        records = self.store.read(sample, view_np, checked=checked)
+        view = torch.from_numpy(view_np)
         log_probs = probs = None
         if self.fill is not None:
-            log_probs, probs = self.store.dense_targets(records, fill=self.fill)
+            log_q, q = dense_arrays(records.logp.numpy(), records.indices.numpy(),
+                                    self.store.num_classes, self.fill)
+            log_probs, probs = torch.from_numpy(log_q), torch.from_numpy(q)
         if self.mixed is not None:
             partner = records.partner
             assert partner is not None
@@ -388,12 +393,13 @@ class StoreView(View):
                              self.store.read(partner, view, checked=True).augment_params())
         seeds = None
         if getattr(self.augment, "noise_std", 0.0) > 0:  # signals with noise only
-            seeds = self.store.view_seed(sample, view)
+            seeds = self.store.view_seed(torch.from_numpy(sample), view)
         return StoreLoad(view, records, seeds, log_probs, probs, self.fill)
 
     def loader_dataset(self, dataset: Any, seed: int) -> StoreSamples:
         """The training set as the trainer's loader should read it: :class:`StoreSamples`
-        (keys ``(epoch, sample)``), which runs :meth:`load` next to the data loading."""
+        (one :class:`~kdforge.data.loaders.EpochBatch` key per batch), which runs
+        :meth:`load` next to the data loading."""
         return StoreSamples(self, dataset, seed)
 
     # -- the device part ---------------------------------------------------------------------
@@ -454,8 +460,8 @@ class StoreView(View):
 class StoreSamples(Dataset):
     """A training set read for a store replay: samples plus their views' :class:`StoreLoad`.
 
-    The trainer's loader asks it for batches of keys ``(epoch, sample)``
-    (:class:`kdforge.data.loaders.EpochKeySampler`); a batch is the data set's own batch
+    The trainer's loader asks it for batches by :class:`~kdforge.data.loaders.EpochBatch`
+    keys (epoch and sample indices); a batch is the data set's own batch
     (``input``, ``target``, ``index``) plus ``view``: :meth:`StoreView.load` of the views
     :func:`epoch_views` draws for (``seed``, epoch). Run in DataLoader
     workers, all of the store's CPU work overlaps the training step, as in FKD.
@@ -473,36 +479,36 @@ class StoreSamples(Dataset):
                 f"was made for {view.store.num_samples}; use the training set it was made from"
             )
         self.view, self.dataset, self.seed = view, dataset, int(seed)
-        self._views: tuple[int, Tensor] | None = None
+        self._views: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def views(self, epoch: int) -> Tensor:
+    def views(self, epoch: int) -> np.ndarray:
         """:func:`epoch_views` of ``epoch`` (kept while the epoch lasts)."""
         if self._views is None or self._views[0] != epoch:
             store = self.view.store
-            self._views = (epoch, epoch_views(self.seed, epoch, store.num_samples,
-                                              self.view.repeats, store.views_per_sample))
+            table = epoch_views(self.seed, epoch, store.num_samples, self.view.repeats,
+                                store.views_per_sample)
+            self._views = (epoch, table.numpy())
         return self._views[1]
 
-    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, Any]:
-        epoch = keys[0][0] if keys else 0
-        ids = [i for e, i in keys if e == epoch]
-        if len(ids) != len(keys):
+    def __getitems__(self, key: EpochBatch) -> dict[str, Any]:
+        if not isinstance(key, EpochBatch):
             raise ConfigError(
-                "StoreSamples takes (epoch, sample) keys of one epoch per batch; got several "
-                "epochs (use kdforge.data.loaders.train_loader(..., keyed=True))"
+                f"StoreSamples is read one batch at a time, keyed by EpochBatch(epoch, "
+                f"indices); got {type(key).__name__} (use kdforge.data.loaders.train_loader("
+                "..., keyed=True))"
             )
-        batch = _load_samples(self.dataset, ids)
-        index = batch.index if batch.index is not None else torch.as_tensor(ids)
-        view_ids = self.views(int(epoch)).index_select(0, index).reshape(-1)
+        batch = _load_samples(self.dataset, key.indices)
+        index = batch.index if batch.index is not None else torch.as_tensor(key.indices)
+        view_ids = self.views(key.epoch)[as_ids(index)].reshape(-1)
         return {"input": batch.inputs, "target": batch.targets, "index": index,
                 "view": self.view.load(index, view_ids, checked=True)}
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        """The batch of the one key ``(epoch, sample)``."""
-        return self.__getitems__([key])
+        """The batch of the one sample ``key = (epoch, index)``."""
+        return self.__getitems__(EpochBatch(int(key[0]), [int(key[1])]))
 
 
 class StoredTeacher(Teacher):
