@@ -146,14 +146,18 @@ def eval_loader(
     )
 
 
-def first_batch(dataset: Dataset, size: int) -> Batch:
-    """The first ``size`` samples as a batch (for shape checks before training)."""
-    n = min(size, len(dataset))  # type: ignore[arg-type]
-    indices: Sequence[int] = list(range(n))
+def load_batch(dataset: Dataset, indices: Sequence[int]) -> Batch:
+    """The samples ``indices`` of a data set as one :class:`Batch` (with its
+    ``__getitems__`` when it has one; dict samples or ``(x, y)`` pairs)."""
     getitems = getattr(dataset, "__getitems__", None)
     items = getitems(list(indices)) if getitems else [dataset[i] for i in indices]
     return to_batch(collate(items))
 
 
-__all__ = ["EpochBatch", "EpochBatchSampler", "ShardSampler", "collate", "eval_loader", "first_batch", "set_epoch",
-           "to_batch", "train_loader"]
+def first_batch(dataset: Dataset, size: int) -> Batch:
+    """The first ``size`` samples as a batch (for shape checks before training)."""
+    return load_batch(dataset, range(min(size, len(dataset))))  # type: ignore[arg-type]
+
+
+__all__ = ["EpochBatch", "EpochBatchSampler", "ShardSampler", "collate", "eval_loader",
+           "first_batch", "load_batch", "set_epoch", "to_batch", "train_loader"]

@@ -45,7 +45,7 @@ from kdforge.data.augment import (
     SignalAugment,
     make_augment,
 )
-from kdforge.data.loaders import EpochBatch, collate, to_batch
+from kdforge.data.loaders import EpochBatch, load_batch
 from kdforge.data.views import View
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.store import (
@@ -295,14 +295,6 @@ def view_meta(name: str, augment: ImageAugment | SignalAugment | None,
     return out
 
 
-def _load_samples(dataset: Any, ids: list[int]) -> Batch:
-    """The samples ``ids`` of a data set as a :class:`Batch` (batched when it can; dict
-    samples or ``(x, y)`` pairs)."""
-    getitems = getattr(dataset, "__getitems__", None)
-    return to_batch(collate(getitems(ids) if getitems is not None
-                            else [dataset[i] for i in ids]))
-
-
 class StoreView(View):
     """Replays the views of a soft-label store (the store's own augmentation settings).
 
@@ -387,7 +379,7 @@ class StoreView(View):
         if self.mixed is not None:
             partner = records.partner
             assert partner is not None
-            loaded = _load_samples(self.dataset, partner.tolist())
+            loaded = load_batch(self.dataset, partner.tolist())
             return StoreLoad(view, records, None, log_probs, probs, self.fill, loaded.inputs,
                              loaded.targets,
                              self.store.read(partner, view, checked=True).augment_params())
@@ -500,7 +492,7 @@ class StoreSamples(Dataset):
                 f"indices); got {type(key).__name__} (use kdforge.data.loaders.train_loader("
                 "..., keyed=True))"
             )
-        batch = _load_samples(self.dataset, key.indices)
+        batch = load_batch(self.dataset, key.indices)
         index = batch.index if batch.index is not None else torch.as_tensor(key.indices)
         view_ids = self.views(key.epoch)[as_ids(index)].reshape(-1)
         return {"input": batch.inputs, "target": batch.targets, "index": index,
