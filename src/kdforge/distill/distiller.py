@@ -1,4 +1,8 @@
-"""The Distiller: a student forward pass, a teacher signal, a weighted sum of loss terms."""
+"""The Distiller: a student forward pass, a teacher signal, a weighted sum of loss terms.
+
+It is the plain :class:`~kdforge.core.step.TrainStep`: one trained module (the student),
+one optimizer group (the student's parameters and the terms' learnable parts).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,15 @@ from torch import Tensor, nn
 
 from kdforge.core.errors import ConfigError
 from kdforge.core.outputs import Batch, Outputs, StepResult, to_outputs
+from kdforge.core.step import OptimGroup, StepContext, TrainStep
 from kdforge.core.taps import FeatureTap
+from kdforge.core.teacher import Teacher
 from kdforge.losses.base import LossTerm
 from kdforge.losses.response import CE
-from kdforge.teachers.base import Teacher
 from kdforge.teachers.module import ModuleTeacher
 
 
-class Distiller(nn.Module):
+class Distiller(TrainStep):
     """Student + teacher + loss terms; ``forward`` computes one step's loss.
 
     >>> distiller = Distiller(student, teacher, [CE(weight=0.1), KD(T=4, weight=0.9)])
@@ -31,6 +36,8 @@ class Distiller(nn.Module):
             :class:`ModuleTeacher`), or ``None`` to train without a teacher (the same path
             trains teachers and baselines).
         terms: the loss terms; default ``[CE()]``.
+        eval_teacher: the teacher fidelity is measured against (default: ``teacher``,
+            unless it cannot label held-out data, as a soft-label store cannot).
 
     The teacher stays frozen, in eval mode and without gradients whatever ``.train()`` is
     called on the distiller. ``parts`` holds each term's *weighted* contribution, so the
@@ -38,7 +45,8 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
-                 terms: Sequence[LossTerm] | None = None) -> None:
+                 terms: Sequence[LossTerm] | None = None, *,
+                 eval_teacher: nn.Module | None | str = "auto") -> None:
         super().__init__()
         terms = list(terms) if terms is not None else [CE()]
         if not terms:
@@ -65,13 +73,31 @@ class Distiller(nn.Module):
         #: Training progress in epochs (fractional); term weight schedules read it. The
         #: trainer sets it every step; in your own loop set ``distiller.progress = epoch``.
         self.progress = 0.0
+        if eval_teacher == "auto":
+            eval_teacher = teacher if getattr(teacher, "labels_any_input", True) else None
+        self._eval_teacher = [eval_teacher]  # a list: not registered as a submodule
+
+    # -- the TrainStep contract -----------------------------------------------------------
+    def trained_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def state_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "terms": self.terms}
+
+    def optimizer_groups(self) -> list[OptimGroup]:
+        return [OptimGroup("student", list(self.trainable_parameters()))]
+
+    @property
+    def eval_teacher(self) -> nn.Module | None:
+        return self._eval_teacher[0]
+
+    def synced_buffers(self) -> list[str]:
+        return [f"terms.{i}.{name}" for i, term in enumerate(self.terms)
+                for name in getattr(term, "synced_buffers", ())]
 
     # -- modes and parameters -------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.train(False)  # a Teacher stays in eval mode whatever it is told
-        return self
+        return super().train(mode)  # a frozen Teacher stays in eval mode whatever it is told
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The student's parameters and the learnable parts of the terms (for the optimizer)."""
@@ -88,15 +114,17 @@ class Distiller(nn.Module):
         if self.teacher is None:
             return None
         inputs = batch.teacher_inputs if batch.teacher_inputs is not None else batch.inputs
-        with torch.no_grad():
+        # a frozen teacher runs without a graph; one whose input receives gradients keeps it
+        keep_graph = self.teacher.gradients == "input" and torch.is_grad_enabled()
+        with torch.set_grad_enabled(keep_graph):
             return self.teacher(inputs, batch)
 
     def student_outputs(self, inputs: Tensor) -> Outputs:
         raw = self.student(inputs)
         return to_outputs(raw, self._tap.pop() if self._tap.names else None)
 
-    def step(self, batch: Batch) -> StepResult:
-        """One step's loss for a :class:`Batch`."""
+    def step(self, batch: Batch, phase: str | None = None) -> StepResult:
+        """One step's loss for a :class:`Batch` (the one phase is ``"student"``)."""
         if not self.prepared:
             before = sum(1 for _ in self.terms.parameters())
             self.prepare(batch)
@@ -120,19 +148,37 @@ class Distiller(nn.Module):
         assert total is not None
         return StepResult(total, parts, student_out, teacher_out)
 
-    def forward(self, inputs: Tensor, targets: Tensor | None = None, *,
+    def forward(self, inputs: Tensor | Batch, targets: Tensor | None = None, *,
                 teacher_inputs: Tensor | None = None, index: Tensor | None = None,
-                view: Any = None) -> StepResult:
+                view: Any = None, phase: str | None = None) -> StepResult:
+        """``distiller(x, y)`` in your own loop; the trainer passes a whole :class:`Batch`."""
+        if isinstance(inputs, Batch):
+            return self.step(inputs, phase)
         return self.step(Batch(inputs, targets, teacher_inputs, index, view))
 
-    @torch.no_grad()
-    def prepare(self, batch: Batch) -> None:
+    def prepare(self, batch: Batch, context: StepContext | None = None) -> None:
         """Validate every term on a first batch and build their learnable adapters.
 
         Runs once before training (the trainer calls it before creating the optimizer, so
         adapters built here are optimised). A class-count mismatch or a feature shape a term
-        cannot take raises ``ShapeMismatchError`` here, naming both shapes.
+        cannot take raises ``ShapeMismatchError`` here, naming both shapes. With the
+        trainer's ``context``, terms also learn the data set's size (memory banks) and
+        those that pretrain (a paraphraser) do so on the ordered training batches.
         """
+        if context is not None and context.num_samples is not None:
+            for term in self.terms:
+                term.bind_dataset_size(context.num_samples)
+        if not self.prepared:
+            self._look_ahead(batch)
+        if context is not None and context.pretrain and any(
+                t.needs_pretraining for t in self.terms):
+            if context.ordered_batches is None:
+                raise ConfigError("a loss term pretrains on the training data, but this batch "
+                                  "source has no fixed pass over it (a generator)")
+            self.pretrain_terms(context.ordered_batches)
+
+    @torch.no_grad()
+    def _look_ahead(self, batch: Batch) -> None:
         was_training = self.training
         self.eval()  # no BatchNorm statistics are updated by this look-ahead pass
         try:

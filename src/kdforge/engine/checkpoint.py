@@ -1,66 +1,32 @@
 """Atomic writes of weights, checkpoints and JSON; reading them back with clear errors.
 
-Every file is written to a temporary name in the same directory, flushed to disk and then
-renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted run never
-leaves a half-written checkpoint behind: the previous one stays intact.
+Nothing here unpickles: checkpoints are safetensors files whose structure is JSON. Every
+file is written through :func:`kdforge.core.files.atomic_write`, so an interrupted run
+never leaves a half-written checkpoint behind: the previous one stays intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from kdforge.core.errors import CheckpointError
+from kdforge.core.files import atomic_write
+from kdforge.models.runs import WEIGHTS
 
-CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "model.safetensors"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
-
-    return atomic_write(path, write)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+CHECKPOINT = "checkpoint.safetensors"
+#: The pickle checkpoint of kdforge before 0.2: recognised, never loaded.
+LEGACY_CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEY = "kdforge_checkpoint"
+CHECKPOINT_FORMAT = "kdforge-checkpoint"
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -70,41 +36,99 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a resumable checkpoint (any picklable-by-torch dict) atomically."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write a resumable checkpoint atomically, in a format that cannot run code.
+
+    ``state`` is a nested structure of dicts (string or integer keys), lists, tuples,
+    numbers, strings, ``None``, tensors and numpy arrays (optimizer, scheduler and scaler
+    state dicts are). Tensors go into a safetensors file; the structure around them is JSON
+    in the file's metadata. Reading it back (:func:`load_checkpoint`) parses JSON and raw
+    tensor bytes: nothing is unpickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(state, tensors)
+    meta = {CHECKPOINT_KEY: json.dumps({"format": CHECKPOINT_FORMAT, "version": 1,
+                                         "state": skeleton})}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no unpickling).
+
+    A run directory that holds only a ``checkpoint.pt`` (the pickle format of kdforge
+    before 0.2) is refused with a message: a pickle can execute code when it is loaded.
+    """
     path = Path(path)
+    legacy = path.with_name(LEGACY_CHECKPOINT)
     if not path.is_file():
+        if legacy.is_file():
+            raise CheckpointError(
+                f"{str(legacy)!r} is a checkpoint in the pickle format of kdforge before 0.2; "
+                "kdforge no longer loads pickles because loading one can execute code. Start "
+                "the run again (--overwrite); its new checkpoints are safetensors files"
+            )
         raise CheckpointError(
             f"no checkpoint at {str(path)!r}; --resume takes a run directory that a previous "
-            "run wrote (it holds checkpoint.pt)"
+            f"run wrote (it holds {CHECKPOINT})"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        header = json.loads(meta[CHECKPOINT_KEY])
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+        return _decode(header["state"], tensors)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is unreadable ({exc}); it was not written by kdforge "
-            "or the disk is damaged. Start a new run."
-        ) from exc
+            f"checkpoint {str(path)!r} is unreadable ({type(exc).__name__}: {exc}); it was not "
+            "written by kdforge or the file is damaged. Start a new run (--overwrite)."
+        ) from None
 
 
-def rng_state() -> dict[str, Any]:
-    """Every random generator the training loop touches."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON-able skeleton of ``obj``; tensors and arrays are moved into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__ndarray__": key}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise CheckpointError(f"cannot store a {type(k).__name__} dict key in a checkpoint")
+        return {"__dict__": [[k, _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise CheckpointError(f"cannot store a {type(obj).__name__} in a checkpoint; keep step "
+                          "state to tensors, numbers, strings, lists and dicts")
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy()
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if "__dict__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+        raise ValueError(f"unknown checkpoint entry {sorted(obj)}")
+    return obj
+
+
+__all__ = ["CHECKPOINT", "LEGACY_CHECKPOINT", "WEIGHTS", "load_checkpoint", "save_checkpoint",
+           "save_weights"]

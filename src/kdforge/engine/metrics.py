@@ -18,8 +18,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from torchmetrics.regression import KLDivergence
 
 from kdforge.core.outputs import Batch, Outputs, to_outputs
+from kdforge.core.teacher import Teacher
 from kdforge.data.loaders import to_batch
-from kdforge.teachers.base import Teacher
 
 #: metric name -> one-line meaning, for tables and docs.
 METRIC_DOCS = {
@@ -109,12 +109,11 @@ def evaluate(student: nn.Module, loader: Iterable, *, num_classes: int,
 
 
 def _teacher_outputs(teacher: nn.Module, x: Tensor, batch: Batch) -> Outputs:
-    if isinstance(teacher, Teacher):
-        return teacher(x, batch)
+    """The teacher's outputs in eval mode (a peer that is being trained included)."""
     was_training = teacher.training
     teacher.eval()
     try:
-        return to_outputs(teacher(x))
+        return teacher(x, batch) if isinstance(teacher, Teacher) else to_outputs(teacher(x))
     finally:
         teacher.train(was_training)
 

@@ -1,21 +1,19 @@
-"""One training loop for every run: teachers, baselines and distilled students alike.
+"""One training loop for every run: teachers, baselines, distilled students and schemes.
 
-The loop only moves batches, steps the optimizer and writes files; what is learned is
-decided by the :class:`~kdforge.distill.Distiller` (its teacher and loss terms). Schemes
-that change the loop itself drive this trainer rather than copying it.
+The loop only moves batches, calls the :class:`~kdforge.core.step.TrainStep` for each of
+its phases, hands the losses to the :class:`~kdforge.engine.updater.Updater` and writes
+files. What is learned is the step's business (the distiller's teacher and loss terms, a
+scheme's peers or generator); where batches come from is the
+:class:`~kdforge.core.source.BatchSource`'s. The engine knows nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,11 +21,14 @@ from torch.utils.data import Dataset
 
 from kdforge.config import OptimConfig, ScheduleConfig, TrainConfig
 from kdforge.core.errors import CheckpointError, ConfigError, NonFiniteLossError
-from kdforge.core.outputs import Batch, as_device
-from kdforge.data.loaders import eval_loader, first_batch, set_epoch, to_batch, train_loader
+from kdforge.core.outputs import StepResult
+from kdforge.core.source import BatchSource, SourceContext
+from kdforge.core.step import StepContext, StepRecord, TrainStep, check_groups, module_state
+from kdforge.data.loaders import eval_loader
+from kdforge.data.sources import as_source
 from kdforge.data.views import View
-from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
+from kdforge.engine.callbacks import as_callbacks, overrides_on_step
 from kdforge.engine.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -37,129 +38,56 @@ from kdforge.engine.checkpoint import (
 )
 from kdforge.engine.logging import MetricsLog, ProgressReporter, TensorBoardLog
 from kdforge.engine.metrics import evaluate
-from kdforge.teachers.stored import StoredTeacher
-
-Callback = Callable[["Trainer", dict[str, Any]], None]
-
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but no GPU is visible; use device=cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one epoch on one rank: resuming at an epoch reproduces its randomness."""
-    return (seed * 1_000_003 + epoch * 10_007 + rank * 101) % 2**63
-
-
-def build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if cfg.name == "shampoo":
-        try:
-            from pytorch_optimizer import Shampoo
-        except ImportError:
-            raise ConfigError(
-                "optim.name shampoo needs the pytorch-optimizer package: "
-                "pip install 'kdforge[shampoo]'"
-            ) from None
-        return Shampoo(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig,
-              base_lr: float) -> float:
-    """Multiplier of the base learning rate after ``step`` optimizer steps.
-
-    Linear warm-up from 1% over ``warmup_epochs``; then cosine decay to ``min_lr``, a step
-    decay by ``gamma`` at each milestone epoch, or a constant rate.
-    """
-    total = max(1, epochs * steps_per_epoch)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    if cfg.name == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = cfg.min_lr / base_lr
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if cfg.name == "step":
-        epoch = step / steps_per_epoch
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    return 1.0
-
-
-def _skip_synced_buffers(distiller: Distiller) -> None:
-    """Keep DDP from re-broadcasting buffers that terms already keep identical on all ranks.
-
-    A term lists such buffers in ``synced_buffers`` (CRD's memory banks: every rank applies
-    the same all-gathered update). Broadcasting them before each forward would be correct
-    but would send the whole bank every step.
-    """
-    names = [f"terms.{i}.{name}" for i, term in enumerate(distiller.terms)
-             for name in getattr(term, "synced_buffers", ())]
-    ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
-    if names and ignore is not None:
-        ignore(distiller, names)
+from kdforge.engine.runtime import (
+    AUTOCAST,
+    epoch_seed,
+    resolve_device,
+    run_settings,
+    seed_everything,
+)
+from kdforge.engine.updater import Updater
 
 
 class Trainer:
-    """Trains the student of a :class:`Distiller` and writes the run directory.
+    """Trains a :class:`TrainStep` (a ``Distiller``, or a scheme) and writes the run directory.
 
     Args:
-        distiller: student, teacher (or none) and loss terms.
-        train_data: a map-style data set of samples (dicts with ``input``/``target``/``index``
-            or ``(x, y)`` pairs).
-        val_data: held-out data for evaluation every ``train.eval_every`` epochs (optional).
+        step: what is trained and how one batch becomes losses.
+        train_data: a map-style data set (dicts with ``input``/``target``/``index`` or
+            ``(x, y)`` pairs) or a :class:`BatchSource` (a generator with no data set, a
+            store replay).
+        val_data: held-out data evaluated every ``train.eval_every`` epochs (optional).
         num_classes: K, for the metrics.
-        optim, schedule, train: the corresponding config sections.
+        optim, schedule, train: the run's config sections (a group may override the first
+            two).
         batch_size: the global batch size (split over ``torchrun`` processes).
         num_workers: DataLoader worker processes (0: load in this process).
         run_dir: where files go (``None``: write nothing).
-        callbacks: called as ``callback(trainer, record)`` after each epoch.
-        verbose: show progress.
-        view: the teaching setting applied to every training batch on the device (random
-            augmentations drawn from a generator seeded per epoch and rank); None: none.
-        eval_teacher: the teacher fidelity is measured against ("auto": the distiller's,
-            unless it is a soft-label store, which has no labels for held-out data).
+        callbacks: functions called as ``f(trainer, record)`` after each epoch, or
+            :class:`~kdforge.engine.callbacks.Callback` objects (``on_step``, ``on_epoch``).
+        view: the teaching setting applied to each training batch of a data set.
+        eval_teacher: the teacher fidelity is measured against; ``"auto"``: the step's.
 
-    Files in ``run_dir``: ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt``
-    (resumable, written atomically every epoch) and ``model.safetensors`` (final student).
+    Files in ``run_dir``: ``metrics.jsonl`` (one record per epoch), ``checkpoint.safetensors``
+    (resumable, written atomically, no pickle) and ``model.safetensors`` (the evaluated
+    module's weights; other trained modules as ``model-NAME.safetensors``).
     """
 
-    def __init__(self, distiller: Distiller, train_data: Dataset, val_data: Dataset | None = None,
-                 *, num_classes: int, optim: OptimConfig | None = None,
-                 schedule: ScheduleConfig | None = None, train: TrainConfig | None = None,
-                 batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0,
-                 seed: int = 0, run_dir: str | Path | None = None,
-                 callbacks: Sequence[Callback] = (), verbose: bool = True, title: str = "",
-                 view: View | None = None, eval_teacher: nn.Module | None | str = "auto") -> None:
-        self.distiller = distiller
-        self.view = view
-        if eval_teacher == "auto":  # a stored teacher has no labels for held-out data
-            teacher = distiller.teacher
-            eval_teacher = None if isinstance(teacher, StoredTeacher) else teacher
-        self.eval_teacher = eval_teacher
-        self.train_data, self.val_data = train_data, val_data
+    def __init__(self, step: TrainStep, train_data: Dataset | BatchSource,
+                 val_data: Dataset | None = None, *, num_classes: int,
+                 optim: OptimConfig | None = None, schedule: ScheduleConfig | None = None,
+                 train: TrainConfig | None = None, batch_size: int = 128,
+                 eval_batch_size: int = 512, num_workers: int = 0, seed: int = 0,
+                 run_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
+                 verbose: bool = True, title: str = "", view: View | None = None,
+                 eval_teacher: nn.Module | None | str = "auto") -> None:
+        if not isinstance(step, TrainStep):
+            raise ConfigError(f"the trainer drives a TrainStep (a Distiller or a scheme), got "
+                              f"{type(step).__name__}")
+        self.train_step = step
+        self.source = as_source(train_data, batch_size, view=view, num_workers=num_workers)
+        self.eval_teacher = step.eval_teacher if eval_teacher == "auto" else eval_teacher
+        self.val_data = val_data
         self.num_classes = num_classes
         self.optim_cfg = optim or OptimConfig()
         self.schedule_cfg = schedule or ScheduleConfig()
@@ -167,100 +95,83 @@ class Trainer:
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks = list(callbacks)
+        self.callbacks = as_callbacks(callbacks)
+        self._step_callbacks = [cb for cb in self.callbacks if overrides_on_step(cb)]
         self.verbose, self.title = verbose, title
         self.env = distributed.env_from_torchrun()
         self.device = resolve_device(self.cfg.device, self.env.local_rank)
-        self.autocast_dtype = _AUTOCAST[self.cfg.precision]
+        self.autocast_dtype = AUTOCAST[self.cfg.precision]
         if self.cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs CUDA; on the CPU use bf16 or fp32")
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.global_step = 0
 
+    @property
+    def distiller(self) -> TrainStep:
+        """The step being trained (its name from when every step was a ``Distiller``)."""
+        return self.train_step
+
     # -- set-up ----------------------------------------------------------------------------------
     def _setup(self, pretrain: bool = True) -> None:
         self.env = distributed.init(self.device)
         seed_everything(self.seed)
-        # a view may move its CPU work into the loader (a store replay reads its records there)
-        prepared = None if self.view is None else self.view.loader_dataset(self.train_data,
-                                                                           self.seed)
-        self.loader = train_loader(prepared if prepared is not None else self.train_data,
-                                   self.batch_size, seed=self.seed, rank=self.env.rank,
-                                   world_size=self.env.world_size, num_workers=self.num_workers,
-                                   pin_memory=self.device.type == "cuda",
-                                   keyed=prepared is not None)
+        self.source.bind(SourceContext(self.device, self.seed, self.env.rank,
+                                       self.env.world_size, self.cfg.channels_last))
         self.val_loader = None
         if self.val_data is not None:
             self.val_loader = eval_loader(self.val_data, self.eval_batch_size, rank=self.env.rank,
                                           world_size=self.env.world_size,
                                           num_workers=self.num_workers)
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = len(self.source)
         if self.steps_per_epoch == 0:
-            raise ConfigError("the training set is empty or smaller than one batch")
-
-        d = self.distiller.to(self.device)
+            raise ConfigError("the batch source yields no batch per epoch")
+        step = self.train_step.to(self.device)
         if self.eval_teacher is not None:
             self.eval_teacher.to(self.device)
+        modules = step.trained_modules()
         if self.cfg.channels_last:
-            d.student.to(memory_format=torch.channels_last)
-        # Shapes are checked, and learnable adapters built, before the optimizer exists.
-        for term in d.terms:
-            term.bind_dataset_size(len(self.train_data))  # type: ignore[arg-type]
-        self.view_generator = torch.Generator(device=self.device)
-        if not d.prepared:
-            probe = as_device(first_batch(self.train_data, min(8, self.batch_size)), self.device)
-            d.prepare(self._prepare_inputs(self._view(probe)))
-        if pretrain:
-            d.pretrain_terms(self._whole_train_set)
+            for module in modules.values():
+                module.to(memory_format=torch.channels_last)
+        # Shapes are checked, and lazy parameters built, before any optimizer exists.
+        context = StepContext(self.source.num_samples, self.steps_per_epoch, self.cfg.epochs,
+                              ordered_batches=self.source.ordered, pretrain=pretrain)
+        step.prepare(self.source.probe(self.batch_size), context)
         if self.cfg.compile:
-            d.student.compile()
-        self.params = list(d.trainable_parameters())
-        self.optimizer = build_optimizer(self.params, self.optim_cfg)
-        base_lr = self.optim_cfg.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(step, self.steps_per_epoch, self.cfg.epochs, self.schedule_cfg,
-                                   base_lr),
-        )
-        use_scaler = self.cfg.precision == "fp16"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.model: nn.Module = d
+            for module in modules.values():
+                module.compile()
+        groups = check_groups(step)
+        self.phases = [group.name for group in groups]
+        self.updater = Updater(groups, optim=self.optim_cfg,
+                               schedule=self.schedule_cfg, steps_per_epoch=self.steps_per_epoch,
+                               epochs=self.cfg.epochs, device_type=self.device.type,
+                               fp16=self.cfg.precision == "fp16", grad_clip=self.cfg.grad_clip)
+        self.model: nn.Module = step
         if self.env.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            _skip_synced_buffers(d)
-            self.model = DistributedDataParallel(d, device_ids=ids)
+            self.model = self._wrap_distributed(step)
 
-    def _whole_train_set(self):
-        """Every training batch in a fixed order, on every rank (for term pretraining;
-        the distributed wrapper then copies rank 0's result to all ranks)."""
-        loader = eval_loader(self.train_data, self.batch_size, num_workers=self.num_workers)
-        for raw in loader:
-            yield self._prepare_inputs(as_device(to_batch(raw), self.device))
-
-    def _view(self, batch: Batch) -> Batch:
-        return batch if self.view is None else self.view(batch, self.view_generator)
-
-    def _prepare_inputs(self, batch: Batch) -> Batch:
-        if self.cfg.channels_last and batch.inputs.dim() == 4:
-            batch.inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
-            if batch.teacher_inputs is not None:
-                batch.teacher_inputs = batch.teacher_inputs.contiguous(
-                    memory_format=torch.channels_last)
-        return batch
+    def _wrap_distributed(self, step: TrainStep) -> nn.Module:
+        """``DistributedDataParallel`` over the whole step. Buffers the step keeps identical
+        on every rank itself (CRD's memory banks) are not re-broadcast before each forward:
+        that would be correct but would send the whole bank every step."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ignore = getattr(DistributedDataParallel,
+                         "_set_params_and_buffers_to_ignore_for_model", None)
+        if step.synced_buffers() and ignore is not None:
+            ignore(step, step.synced_buffers())
+        return DistributedDataParallel(step, device_ids=ids,
+                                       find_unused_parameters=step.find_unused_parameters)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "student": self.distiller.student.state_dict(),
-            "terms": self.distiller.terms.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "epochs": self.cfg.epochs,
             "seed": self.seed,
+            "modules": {name: module.state_dict()
+                        for name, module in module_state(self.train_step.state_modules())},
+            "updater": self.updater.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -270,14 +181,16 @@ class Trainer:
                 f"{state.get('seed')}; this run has {self.cfg.epochs} epochs and seed "
                 f"{self.seed}. Resume with the run's own config (its config.yaml)."
             )
+        modules = dict(module_state(self.train_step.state_modules()))
+        if sorted(state["modules"]) != sorted(modules):
+            raise CheckpointError(f"the checkpoint holds modules {sorted(state['modules'])}, "
+                                  f"this step has {sorted(modules)}")
         try:
-            self.distiller.student.load_state_dict(state["student"])
-            self.distiller.terms.load_state_dict(state["terms"])
+            for name, module in modules.items():
+                module.load_state_dict(state["modules"][name])
         except RuntimeError as exc:
             raise CheckpointError(f"the checkpoint does not fit this model: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.updater.load_state_dict(state["updater"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
 
@@ -285,6 +198,13 @@ class Trainer:
         if self.run_dir is None or not self.env.is_main:
             return
         save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+
+    def _save_weights(self) -> None:
+        modules = dict(module_state(self.train_step.trained_modules()))
+        evaluated = self.train_step.eval_module()
+        for name, module in modules.items():
+            main = module is getattr(evaluated, "_orig_mod", evaluated)
+            save_weights(module, self.run_dir / (WEIGHTS if main else f"model-{name}.safetensors"))
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -303,7 +223,7 @@ class Trainer:
         generator is exhausted. Settings that are process-wide (deterministic algorithms)
         are set for each epoch and restored before the record is yielded.
         """
-        with self._run_settings():
+        with run_settings(self.cfg.deterministic):
             self._setup(pretrain=not resume)
             log = board = None
             if self.run_dir is not None and self.env.is_main:
@@ -322,7 +242,7 @@ class Trainer:
                                     self.steps_per_epoch, self.title)
         try:
             while self.epoch < self.cfg.epochs:
-                with self._run_settings():
+                with run_settings(self.cfg.deterministic):
                     record = self._epoch(progress, log, board)
                 yield record
         finally:
@@ -330,32 +250,8 @@ class Trainer:
             if board is not None:
                 board.close()
         if self.run_dir is not None and self.env.is_main:
-            save_weights(self.distiller.student, self.run_dir / WEIGHTS)
+            self._save_weights()
         distributed.barrier()
-
-    @contextlib.contextmanager
-    def _run_settings(self) -> Iterator[None]:
-        """This run's process-wide torch settings, restored on exit.
-
-        ``train.deterministic`` selects deterministic kernels, but leaves torch's
-        ``fill_uninitialized_memory`` (which it switches on with them) off: filling every
-        new tensor with NaN is a debugging aid, not a condition of determinism, and it cost
-        a third of the throughput of a small CIFAR ResNet on an H100 (18k vs 27k samples/s).
-        """
-        fill = torch.utils.deterministic
-        previous = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled(),
-                    torch.backends.cudnn.benchmark, fill.fill_uninitialized_memory)
-        if self.cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-            fill.fill_uninitialized_memory = False
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-            torch.backends.cudnn.benchmark = previous[2]
-            fill.fill_uninitialized_memory = previous[3]
 
     def _epoch(self, progress: ProgressReporter, log: MetricsLog | None,
                board: TensorBoardLog | None) -> dict[str, Any]:
@@ -375,44 +271,50 @@ class Trainer:
             self._save()
         progress.end_epoch(record)
         for callback in self.callbacks:
-            callback(self, record)
+            callback.on_epoch(self, record)
         return record
+
+    def _update(self, batch) -> dict[str, StepResult]:
+        """Every phase of one batch: the step's loss, then the updater's step."""
+        results: dict[str, StepResult] = {}
+        for phase in self.phases:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                enabled=self.autocast_dtype is not None):
+                result = self.model(batch, phase=phase)
+            self.updater.update(phase, result.loss)
+            results[phase] = result
+        return results
+
+    def _logged(self, results: dict[str, StepResult]) -> dict[str, Tensor]:
+        """The values a step logs: ``loss`` and its parts; prefixed by phase if several."""
+        if len(results) == 1:
+            (result,) = results.values()
+            return {"loss": result.loss, **result.parts}
+        return {f"{phase}/{name}": value for phase, result in results.items()
+                for name, value in {"loss": result.loss, **result.parts}.items()}
 
     def _train_epoch(self, progress: ProgressReporter) -> dict[str, Any]:
         seed = epoch_seed(self.seed, self.epoch, self.env.rank)
         seed_everything(seed)
-        self.view_generator.manual_seed(seed + 1)
-        set_epoch(self.loader, self.epoch)
         self.model.train()
         sums: dict[str, Tensor] = {}
         seen = torch.zeros((), device=self.device)
         progress.start_epoch(self.epoch)
         start = time.perf_counter()
         pending = 0
-        for i, raw in enumerate(self.loader):
-            self.distiller.progress = self.epoch + i / self.steps_per_epoch
-            batch = self._prepare_inputs(self._view(as_device(to_batch(raw), self.device)))
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                enabled=self.autocast_dtype is not None):
-                result = self.model(batch.inputs, batch.targets,
-                                    teacher_inputs=batch.teacher_inputs, index=batch.index,
-                                    view=batch.view)
-            loss = result.loss
-            self.scaler.scale(loss).backward()
-            if self.cfg.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.source.epoch(self.epoch, seed)):
+            self.train_step.progress = self.epoch + i / self.steps_per_epoch
+            results = self._update(batch)
             self.global_step += 1
-
             n = batch.size
             seen += n
-            for name, value in {"loss": loss, **result.parts}.items():
+            for name, value in self._logged(results).items():
                 contribution = value.detach().float() * n
                 sums[name] = sums[name] + contribution if name in sums else contribution
+            if self._step_callbacks:
+                step_record = StepRecord(self.epoch, i, self.global_step, n, results)
+                for callback in self._step_callbacks:
+                    callback.on_step(self, step_record)
             pending += 1
             if pending == self.cfg.log_every or i + 1 == self.steps_per_epoch:
                 self._check_finite(sums, i)
@@ -426,10 +328,12 @@ class Trainer:
         count = float(totals[0])
         record: dict[str, Any] = {
             "step": self.global_step,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.updater.lr(),
             "epoch_time_s": elapsed,
             "samples_per_s": count / max(elapsed, 1e-9),
         }
+        if len(self.phases) > 1:
+            record.update({f"lr/{phase}": self.updater.lr(phase) for phase in self.phases})
         for name, total in zip(sums, totals[1:], strict=True):
             record[f"train/{name}"] = float(total) / count
         return record
@@ -437,7 +341,7 @@ class Trainer:
     def _check_finite(self, sums: dict[str, Tensor], step: int) -> None:
         bad = [k for k, v in sums.items() if not torch.isfinite(v)]
         if bad:
-            parts = [k for k in bad if k != "loss"] or ["loss"]
+            parts = [k for k in bad if not k.endswith("loss")] or bad
             raise NonFiniteLossError(
                 f"the loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1} "
                 f"(non-finite parts: {', '.join(parts)}). The last good checkpoint is kept. "
@@ -446,8 +350,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        """Metrics of the student (and fidelity to the teacher) on ``loader``."""
-        return evaluate(self.distiller.student, loader, num_classes=self.num_classes,
+        """Metrics of the evaluated module (and fidelity to the teacher) on ``loader``."""
+        return evaluate(self.train_step.eval_module(), loader, num_classes=self.num_classes,
                         teacher=self.eval_teacher, device=self.device,
                         autocast_dtype=self.autocast_dtype)
 
@@ -455,3 +359,6 @@ class Trainer:
         loader = eval_loader(dataset, self.eval_batch_size, rank=self.env.rank,
                              world_size=self.env.world_size, num_workers=self.num_workers)
         return self.evaluate(loader)
+
+
+__all__ = ["Trainer", "resolve_device", "seed_everything"]
