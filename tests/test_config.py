@@ -24,8 +24,14 @@ def test_unknown_key_names_key_and_allowed_keys():
 
 
 def test_bad_value_names_allowed_values():
-    with pytest.raises(ConfigError, match="optim.name: Input should be 'sgd', 'adamw', 'adam' or 'shampoo'"):
-        parse_config(BASE, ["optim.name=lbfgs"])
+    from kdforge.api import check_names
+
+    # optimizers and schedules are registries (kdforge list optimizers): checked by name
+    # before anything is built, with the closest valid names
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamx'.*'adam'"):
+        check_names(parse_config(BASE, ["optim.name=adamx"]))
+    with pytest.raises(ConfigError, match="unknown schedule 'cosin'.*'cosine'"):
+        check_names(parse_config(BASE, ["schedule.name=cosin"]))
     with pytest.raises(ConfigError, match="train.precision"):
         parse_config(BASE, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="data.val_fraction"):

@@ -16,26 +16,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdforge.config import LossConfig, RunConfig, TeacherConfig, load_config
+from kdforge.config import LossConfig, RunConfig, StoreTeacherConfig, TeacherConfig, load_config
 from kdforge.core.errors import CheckpointError, ConfigError
+from kdforge.core.files import write_json
+from kdforge.core.source import BatchSource
+from kdforge.core.teacher import Teacher
 from kdforge.data.datasets import DataSplits, load_dataset, split_train_val
 from kdforge.data.loaders import eval_loader
+from kdforge.data.sources import DatasetSource
 from kdforge.data.views import View, build_view
 from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
-from kdforge.engine.checkpoint import CHECKPOINT, WEIGHTS, write_json
+from kdforge.engine.checkpoint import CHECKPOINT, LEGACY_CHECKPOINT
 from kdforge.engine.metrics import evaluate, measure_latency
-from kdforge.engine.trainer import Trainer, resolve_device, seed_everything
+from kdforge.engine.runtime import resolve_device, seed_everything
+from kdforge.engine.trainer import Trainer
 from kdforge.losses.base import LossTerm, build_loss
 from kdforge.models import count_parameters, create_model
-from kdforge.teachers.base import Teacher
+from kdforge.models.runs import WEIGHTS, load_run_model, save_run_model
 from kdforge.teachers.ensemble import EnsembleTeacher
 from kdforge.teachers.module import ModuleTeacher
-from kdforge.teachers.store import SoftLabelStore
-from kdforge.teachers.stored import StoredTeacher, StoreView
+from kdforge.teachers.stored import open_store_run
 
 CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.json"
 SUMMARY_FILE = "summary.json"
 #: The validation split is carved from train with this fixed seed, so runs that differ in
 #: seed differ only in initialisation and data order, never in what they are validated on.
@@ -69,8 +72,20 @@ def build_model(name: str, options: dict[str, Any], num_classes: int,
     return create_model(name, num_classes, input_shape, weights=weights, **options)
 
 
+@dataclass
+class Teaching:
+    """What a run learns from: its teacher, its batch source and the teacher that
+    evaluation measures fidelity against (a store's own teacher run, if it kept one)."""
+
+    teacher: Teacher | None
+    source: BatchSource
+    eval_teacher: nn.Module | None
+
+
 def build_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher | None:
-    if any(t.store is not None for t in cfg.teachers) and len(cfg.teachers) > 1:
+    """The run's model teacher(s): one, an ensemble, or none (a store is not built here:
+    see :func:`build_teaching`)."""
+    if any(isinstance(t, StoreTeacherConfig) for t in cfg.teachers):
         raise ConfigError("a soft-label store is a whole teacher: store ensemble labels in one "
                           "store (kdforge soft-labels with a list of teachers) instead")
     members = [_one_teacher(t, num_classes, input_shape) for t in cfg.teachers]
@@ -82,19 +97,8 @@ def build_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]
 
 
 def _one_teacher(t: TeacherConfig, num_classes: int, input_shape: tuple[int, ...]) -> Teacher:
-    if t.store is not None:
-        return StoredTeacher(SoftLabelStore(t.store), fill=t.fill)
     if t.run is not None:
-        run = Path(t.run)
-        meta_path = run / MODEL_FILE
-        if not meta_path.is_file() or not (run / WEIGHTS).is_file():
-            raise ConfigError(
-                f"teacher run {str(run)!r} has no {MODEL_FILE} and {WEIGHTS}; train the teacher "
-                "first (kdforge train) and give its run directory"
-            )
-        meta = json.loads(meta_path.read_text())
-        model = build_model(meta["name"], meta["options"], meta["num_classes"],
-                            tuple(meta["input_shape"]), str(run / WEIGHTS))
+        model = load_run_model(t.run)
     else:
         assert t.name is not None
         if t.weights is None:
@@ -109,47 +113,49 @@ def build_losses(losses: list[LossConfig]) -> list[LossTerm]:
                        **loss.options) for loss in losses]
 
 
-def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...],
-                   teacher: Teacher | None = None, dataset: Any = None) -> View | None:
-    """The run's view; for a store, its replay (``dataset``: the training set, from which
-    replaying mixed views loads the mixing partners)."""
-    if isinstance(teacher, StoredTeacher):
-        if cfg.view is not None:
-            raise ConfigError("a run that learns from a soft-label store replays the store's own "
-                              "views; remove the 'view' section")
-        return StoreView(teacher.store, input_shape, repeats=cfg.teachers[0].repeats,
-                         dataset=dataset, fill=teacher.fill)
+def build_run_view(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...]) -> View | None:
+    """The run's view (teaching setting), or ``None``."""
     if cfg.view is None:
         return None
     return build_view(cfg.view.name, input_shape, num_classes, **cfg.view.options)
 
 
-def check_store(cfg: RunConfig, data: Data, teacher: Teacher | None) -> Teacher | None:
-    """Refuse a store that does not fit the run (before training); return the teacher that
-    evaluation uses for fidelity metrics: the store's own teacher run when it exists."""
-    if not isinstance(teacher, StoredTeacher):
-        return teacher
-    store = teacher.store
-    store.check_compatible(num_samples=len(data.train), num_classes=data.splits.num_classes,
-                           dataset=cfg.data.name)
-    if list(data.splits.input_shape) != list(store.meta.get("input_shape", data.splits.input_shape)):
-        raise ConfigError(f"the store {store.path} was made for inputs of shape "
-                          f"{store.meta['input_shape']}, the run has {data.splits.input_shape}")
-    if cfg.teachers[0].verify:
-        store.verify()
-    runs = [t.get("run") for t in store.meta.get("teacher", []) if isinstance(t, dict)]
-    if len(runs) == 1 and runs[0] and (Path(runs[0]) / WEIGHTS).is_file():
-        k, shape = data.splits.num_classes, data.splits.input_shape
-        return _one_teacher(TeacherConfig(run=runs[0]), k, shape)
-    return None
-
-
-def build_distiller(cfg: RunConfig, data: Data) -> Distiller:
+def build_teaching(cfg: RunConfig, data: Data) -> Teaching:
+    """The teacher, batch source and evaluation teacher of a run. A soft-label store is
+    opened, checked against the run's training samples and paired with its replay in one
+    place (:func:`kdforge.teachers.stored.open_store_run`)."""
     k, shape = data.splits.num_classes, data.splits.input_shape
+    stores = [t for t in cfg.teachers if isinstance(t, StoreTeacherConfig)]
+    if stores and len(cfg.teachers) == 1:
+        if cfg.view is not None:
+            raise ConfigError("a run that learns from a soft-label store replays the store's own "
+                              "views; remove the 'view' section")
+        run = open_store_run(stores[0], data.train, input_shape=shape, num_classes=k,
+                             data_cfg=cfg.data, batch_size=cfg.data.batch_size,
+                             num_workers=cfg.data.num_workers)
+        return Teaching(run.teacher, run.source, run.eval_teacher)
     teacher = build_teacher(cfg, k, shape)
+    source = DatasetSource(data.train, cfg.data.batch_size, view=build_run_view(cfg, k, shape),
+                           num_workers=cfg.data.num_workers)
+    return Teaching(teacher, source, teacher)
+
+
+def build_distiller(cfg: RunConfig, data: Data, teaching: Teaching | None = None) -> Distiller:
+    teaching = teaching or build_teaching(cfg, data)
+    k, shape = data.splits.num_classes, data.splits.input_shape
     seed_everything(cfg.seed)  # the student's initialisation depends on the seed alone
     student = build_model(cfg.student.name, cfg.student.options, k, shape, cfg.student.weights)
-    return Distiller(student, teacher, build_losses(cfg.losses))
+    return Distiller(student, teaching.teacher, build_losses(cfg.losses),
+                     eval_teacher=teaching.eval_teacher)
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Names that the config sections cannot check themselves (registries above the
+    config layer): the optimizer and the schedule."""
+    from kdforge.engine.optim import OPTIMIZERS, SCHEDULES
+
+    OPTIMIZERS.get(cfg.optim.name)
+    SCHEDULES.get(cfg.schedule.name)
 
 
 # -- runs --------------------------------------------------------------------------------------
@@ -184,11 +190,13 @@ class Run:
 
     def __init__(self, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                  verbose: bool = True, callbacks=()) -> None:
+        check_names(cfg)
         self.cfg, self.resume = cfg, resume
         self.run_dir = run_dir_of(cfg)
         env = distributed.env_from_torchrun()
         self.is_main = env.is_main
-        if not resume and (self.run_dir / CHECKPOINT).exists():
+        if not resume and any((self.run_dir / f).exists()
+                              for f in (CHECKPOINT, LEGACY_CHECKPOINT)):
             if not overwrite:
                 raise ConfigError(
                     f"run directory {str(self.run_dir)!r} already holds a run; resume it with "
@@ -198,22 +206,17 @@ class Run:
             if env.is_main:
                 shutil.rmtree(self.run_dir)
         self.data = data = build_data(cfg)
-        distiller = build_distiller(cfg, data)
-        k, shape = data.splits.num_classes, data.splits.input_shape
+        teaching = build_teaching(cfg, data)
+        self.distiller = build_distiller(cfg, data, teaching)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
-            write_json(self.run_dir / MODEL_FILE,
-                       {"name": cfg.student.name, "options": cfg.student.options,
-                        "num_classes": k, "input_shape": list(shape)})
-        view = build_run_view(cfg, k, shape, distiller.teacher, dataset=data.train)
-        eval_teacher = check_store(cfg, data, distiller.teacher)
         self.trainer = Trainer(
-            distiller, data.train, data.val, num_classes=k, optim=cfg.optim,
-            schedule=cfg.schedule, train=cfg.train, batch_size=cfg.data.batch_size,
-            eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
-            seed=cfg.seed, run_dir=self.run_dir, callbacks=callbacks, verbose=verbose,
-            title=cfg.name, view=view, eval_teacher=eval_teacher,
+            self.distiller, teaching.source, data.val, num_classes=data.splits.num_classes,
+            optim=cfg.optim, schedule=cfg.schedule, train=cfg.train,
+            batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+            num_workers=cfg.data.num_workers, seed=cfg.seed, run_dir=self.run_dir,
+            callbacks=callbacks, verbose=verbose, title=cfg.name,
         )
         self.train_time = 0.0  # seconds spent inside this run's epochs (not other runs')
 
@@ -238,6 +241,11 @@ class Run:
                 f"run {self.cfg.name!r} stopped at epoch {trainer.epoch} of "
                 f"{self.cfg.train.epochs}; finish its epochs first (or resume it)"
             )
+        if self.is_main:  # the model's description, beside the weights the trainer wrote
+            save_run_model(self.run_dir, trainer.train_step.eval_module(),
+                           name=self.cfg.student.name, options=self.cfg.student.options,
+                           num_classes=self.data.splits.num_classes,
+                           input_shape=self.data.splits.input_shape)
         test = trainer.evaluate_dataset(self.data.test)
         summary = summarize(self.cfg, trainer, trainer.history, test, self.train_time,
                             self.data.splits.input_shape)
@@ -248,7 +256,9 @@ class Run:
 
 def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],
               test: dict[str, float], train_time: float, shape: tuple[int, ...]) -> dict[str, Any]:
-    d = trainer.distiller
+    step = trainer.train_step
+    student = step.eval_module()
+    teacher = getattr(step, "teacher", None)
     last = history[-1] if history else {}
     example = torch.zeros(cfg.data.batch_size, *shape)
     summary: dict[str, Any] = {
@@ -256,13 +266,13 @@ def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],
         "seed": cfg.seed,
         "data": cfg.data.name,
         "student": cfg.student.name,
-        "student_params": count_parameters(d.student),
-        "teacher_params": count_parameters(d.teacher) if d.teacher is not None else None,
+        "student_params": count_parameters(student),
+        "teacher_params": count_parameters(teacher) if teacher is not None else None,
         "losses": [loss.name for loss in cfg.losses],
         "epochs": trainer.epoch,
         "train_time_s": train_time,
         "samples_per_s": _steady_rate(history),
-        "latency_ms": measure_latency(d.student, example, device=trainer.device),
+        "latency_ms": measure_latency(student, example, device=trainer.device),
         "latency_batch": cfg.data.batch_size,
         "val": {k[4:]: v for k, v in last.items() if k.startswith("val/")},
         "test": test,
@@ -294,16 +304,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
         raise CheckpointError(
             f"{str(run_dir)!r} is not a finished run (needs {CONFIG_FILE} and {WEIGHTS})"
         )
-    cfg = load_config(run_dir / CONFIG_FILE)
-    data = build_data(cfg)
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    cfg = load_config(run_dir / CONFIG_FILE)
+    data = build_data(cfg)
     dataset = data.test if split == "test" else data.val
     if dataset is None:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")
-    k, shape = data.splits.num_classes, data.splits.input_shape
-    student = build_model(cfg.student.name, cfg.student.options, k, shape, str(run_dir / WEIGHTS))
-    teacher = check_store(cfg, data, build_teacher(cfg, k, shape))
+    student = load_run_model(run_dir)
+    teacher = build_teaching(cfg, data).eval_teacher
+    k = data.splits.num_classes
     device = resolve_device(cfg.train.device)
     student.to(device)
     if teacher is not None:
@@ -332,16 +342,24 @@ def require_teacher(cfg: RunConfig) -> None:
         )
 
 
-def list_registered(kind: str) -> list[tuple[str, str, str]]:
-    """``(name, source, summary)`` of every registered model, loss or data set."""
+def registries() -> dict[str, Any]:
+    """Everything a config names, by kind (what ``kdforge list KIND`` prints)."""
     from kdforge.data.datasets import DATASETS
     from kdforge.data.views import VIEWS
+    from kdforge.engine.optim import OPTIMIZERS, SCHEDULES
     from kdforge.losses.base import LOSSES
     from kdforge.models import MODELS
+    from kdforge.models.runs import LAYER_TYPES
 
-    registry = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS, "views": VIEWS}.get(kind)
+    return {"models": MODELS, "losses": LOSSES, "datasets": DATASETS, "views": VIEWS,
+            "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "layer-types": LAYER_TYPES}
+
+
+def list_registered(kind: str) -> list[tuple[str, str, str]]:
+    """``(name, source, summary)`` of everything registered of one kind."""
+    registry = registries().get(kind)
     if registry is None:
-        raise ConfigError(f"unknown kind {kind!r}; choose models, losses, datasets or views")
+        raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(registries())}")
     rows = [(e.name, e.source, e.summary) for e in registry.entries()]
     if kind == "models":
         rows += [("timm:NAME", "Wightman, PyTorch Image Models", "any timm architecture by name"),

@@ -11,6 +11,7 @@ import yaml
 
 from kdforge import api
 from kdforge.config import parse_config
+from kdforge.engine.checkpoint import load_checkpoint
 from tests.conftest import synthetic_config
 
 
@@ -37,12 +38,12 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def state(name):
-        return torch.load(tmp_path / "runs" / name / "checkpoint.pt", weights_only=False)
+        return load_checkpoint(tmp_path / "runs" / name / "checkpoint.safetensors")
 
     s1, s2 = state("one"), state("two")
     assert s1["global_step"] == s2["global_step"] == 2 * 3  # 96 samples / 32 per step
-    for key, value in s1["student"].items():
-        torch.testing.assert_close(s2["student"][key], value, rtol=1e-5, atol=1e-6)
+    for key, value in s1["modules"]["student"].items():
+        torch.testing.assert_close(s2["modules"]["student"][key], value, rtol=1e-5, atol=1e-6)
     two = api.load_run_summary(tmp_path / "runs" / "two")
     for metric, value in one.summary["test"].items():
         assert two["test"][metric] == pytest.approx(value, abs=1e-5), metric

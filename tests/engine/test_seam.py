@@ -97,7 +97,7 @@ def test_generator_source_and_input_gradient_teacher_keep_the_teacher_bit_identi
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), f"teacher {key} changed"
     assert all(p.grad is None for p in teacher.parameters())
-    assert not any(torch.equal(a, b) for a, b in zip(generator_before, step.generator.parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(generator_before, step.generator.parameters(), strict=True))
     assert trainer.global_step == 10  # the declared steps per epoch, no data set behind it
     assert "val/agreement" in history[-1]  # evaluated against the step's teacher
 
@@ -110,7 +110,7 @@ def test_generator_source_is_seeded_per_epoch():
     first = [b.inputs for b in source.epoch(0, seed=11)]
     again = [b.inputs for b in source.epoch(0, seed=11)]
     other = [b.inputs for b in source.epoch(1, seed=12)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0]) and not torch.equal(first[0], first[1])
     probe = source.probe(4)
     assert probe.inputs.shape == (4, 3)

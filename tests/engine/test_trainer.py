@@ -10,7 +10,8 @@ from kdforge.config import ScheduleConfig, TrainConfig, parse_config
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.data import load_dataset
 from kdforge.data.loaders import first_batch
-from kdforge.engine.trainer import lr_factor
+from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.optim import lr_factor
 from kdforge.models import create_model
 from tests.conftest import TinyNet, synthetic_config
 
@@ -41,7 +42,7 @@ def test_resume_gives_same_final_weights(tmp_path):
     cfg = parse_config(synthetic_config(tmp_path, train={"epochs": 4},
                                         student={"name": "mlp", "hidden": [16], "dropout": 0.2}))
     full = api.train(cfg, verbose=False)
-    full_weights = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)["student"]
+    full_weights = load_checkpoint(full.run_dir / "checkpoint.safetensors")["modules"]["student"]
 
     class Interrupt(Exception):
         pass
@@ -57,7 +58,7 @@ def test_resume_gives_same_final_weights(tmp_path):
     assert not (run_dir / "model.safetensors").exists()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     resumed = api.resume(run_dir, verbose=False)
-    resumed_weights = torch.load(run_dir / "checkpoint.pt", weights_only=False)["student"]
+    resumed_weights = load_checkpoint(run_dir / "checkpoint.safetensors")["modules"]["student"]
     for key, value in full_weights.items():
         assert torch.equal(value, resumed_weights[key]), key
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -85,7 +86,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     c = api.train(parse_config(synthetic_config(tmp_path, name="c", seed=1)), verbose=False)
 
     def weights(r):
-        return torch.load(r.run_dir / "checkpoint.pt", weights_only=False)["student"]
+        return load_checkpoint(r.run_dir / "checkpoint.safetensors")["modules"]["student"]
 
     wa, wb, wc = weights(a), weights(b), weights(c)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -184,7 +185,7 @@ def test_adapters_built_on_the_first_batch_are_trained():
                       train=TrainConfig(epochs=1, device="cpu"), verbose=False)
     trainer.fit()
     assert term.regressor is regressor  # built once, not rebuilt by the trainer
-    assert any(p is regressor.weight for p in trainer.params)
+    assert any(p is regressor.weight for p in trainer.updater.optimizer().param_groups[0]["params"])
     assert not torch.equal(before, regressor.weight)
 
 
@@ -214,9 +215,9 @@ def test_trainer_sets_progress_and_pretrains_terms_once(tmp_path):
     seen = []
     original = distiller.step
 
-    def spy(batch):
+    def spy(batch, phase=None):
         seen.append(distiller.progress)
-        return original(batch)
+        return original(batch, phase)
 
     distiller.step = spy
     trainer = Trainer(distiller, data.train, None, num_classes=4, batch_size=16,

@@ -6,6 +6,7 @@ import torch
 from kdforge import api
 from kdforge.config import parse_config
 from kdforge.core.errors import ConfigError
+from kdforge.engine.checkpoint import load_checkpoint
 from tests.conftest import synthetic_config
 
 
@@ -22,7 +23,7 @@ def fm_config(tmp_path, teacher, **extra):
 
 
 def weights(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["student"]
+    return load_checkpoint(run_dir / "checkpoint.safetensors")["modules"]["student"]
 
 
 def test_function_matching_run_is_deterministic_and_resumable(tmp_path):
