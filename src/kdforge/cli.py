@@ -131,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
         return 0
     if args.command == "bench" and args.bench == "recipes":
-        from kdforge.bench import run_recipes
+        from kdforge.jobs.bench_recipes import run_recipes
 
         epochs = [int(e) for e in _names(args.epochs)] if args.epochs else None
         run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
@@ -145,14 +145,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"results: {args.results}/store.md, {args.results}/store.json")
         return 0
     if args.command == "bench":
-        from kdforge.bench import run_grid
+        from kdforge.jobs.bench_grid import run_grid
 
         run_grid(args.grid, results=args.results, methods=_names(args.methods),
                  pairs=_names(args.pairs), seeds=args.seeds, epochs=args.epochs)
         print(f"results: {args.results}/grid.md, {args.results}/grid.json")
         return 0
     if args.command == "demo":
-        from kdforge.demo import run_demo
+        from kdforge.jobs.demo import run_demo
 
         run_demo(args.output, quick=args.quick, seeds=args.seeds)
         return 0

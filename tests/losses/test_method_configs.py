@@ -12,8 +12,8 @@ import yaml
 
 from kdforge import Batch, Distiller
 from kdforge.api import build_losses
-from kdforge.bench import NotApplicable, resolve_layers
 from kdforge.config import load_config, parse_config
+from kdforge.jobs.bench_grid import NotApplicable, resolve_layers
 from kdforge.models import create_model
 
 ROOT = Path(__file__).parents[2]

@@ -2,7 +2,7 @@
 
 import json
 
-from kdforge.demo import SETTINGS, run_demo
+from kdforge.jobs.demo import SETTINGS, run_demo
 
 
 def test_quick_demo_writes_tables_and_plots(tmp_path):

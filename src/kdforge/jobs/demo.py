@@ -36,7 +36,8 @@ SETTINGS = {
 
 def configs_dir() -> Path:
     """The repository's ``configs/`` (next to ``src/``), or ``./configs``."""
-    for candidate in (Path(__file__).resolve().parents[2] / "configs", Path.cwd() / "configs"):
+    repository = Path(__file__).resolve().parents[3]  # src/kdforge/jobs/demo.py
+    for candidate in (repository / "configs", Path.cwd() / "configs"):
         if (candidate / "mnist1d" / "teacher.yaml").is_file():
             return candidate
     raise ConfigError("the demo reads its recipes from the repository's configs/ folder; run it "
