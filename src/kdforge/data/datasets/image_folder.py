@@ -1,4 +1,4 @@
-"""Images read lazily from ``root/CLASS_NAME/*.png|jpg|jpeg|bmp``, and the ``image_folder`` loader."""
+"""The ``image_folder`` loader: images read lazily from ``root/CLASS_NAME/*.png|jpg|...``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Variational information distillation: a Gaussian likelihood of the teacher's feature (Ahn et al. 2019)."""
+"""Variational information distillation: the teacher feature's likelihood (Ahn et al. 2019)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Probabilistic knowledge transfer: cosine-kernel neighbour distributions (Passalis & Tefas 2018)."""
+"""Probabilistic knowledge transfer: the batch's neighbour distributions (Passalis & Tefas 2018)."""
 
 from __future__ import annotations
 
