@@ -47,3 +47,25 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     two = api.load_run_summary(tmp_path / "runs" / "two")
     for metric, value in one.summary["test"].items():
         assert two["test"][metric] == pytest.approx(value, abs=1e-5), metric
+
+
+@pytest.mark.slow
+def test_two_process_min_max_step_equals_one_process(tmp_path):
+    """A step with two optimizer groups (phases in turn) under DDP: gradients of each phase
+    are averaged over the ranks, so 2 x 16 samples equal one process's 32."""
+    from safetensors.torch import load_file
+
+    from tests.engine.toy_steps import train_adversarial
+
+    train_adversarial(str(tmp_path / "one"), epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           "-m", "tests.engine.toy_steps", str(tmp_path / "two"), "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("model.safetensors", "model-adversary.safetensors"):
+        one, two = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        for key, value in one.items():
+            torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-6)
