@@ -13,9 +13,8 @@ from kdforge import api
 from kdforge.config import SoftLabelConfig, parse_config
 from kdforge.core.outputs import Batch
 from kdforge.data.augment import AugmentParams, ImageAugment, seeded_normal, seeded_uniform
-from kdforge.soft_labels import generate
-from kdforge.teachers.store import SoftLabelStore
-from kdforge.teachers.stored import StoreView
+from kdforge.jobs.soft_labels import generate
+from kdforge.store import SoftLabelStore, StoreView
 from tests.conftest import synthetic_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -63,21 +65,23 @@ class ModelConfig(_Named):
 
 
 class TeacherConfig(_Named):
-    """``teacher:`` a trained model (a run directory, or a model plus weights file), or a
-    soft-label store made by ``kdforge soft-labels`` (the teacher is then never run)."""
+    """``teacher:`` a trained model: a run directory, or a model plus weights file. (A
+    soft-label store is a :class:`StoreTeacherConfig`.)"""
 
     run: str | None = Field(None, description="run directory of a trained teacher")
     name: str | None = Field(None, description="model name when not given by run")
     weights: str | None = None
     precision: Precision = "fp32"
-    store: str | None = Field(None, description="soft-label store directory")
-    fill: Literal["smooth", "renorm"] = Field("smooth", description="store: missing mass")
-    repeats: int = Field(1, ge=1, description="store: views per loaded sample in a batch")
-    verify: bool = Field(True, description="store: check every shard's checksum first")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
-        sources = [k for k in ("run", "name", "store") if getattr(self, k) is not None]
+        if "store" in self.options:
+            raise ValueError(
+                "'store' names a soft-label store, a whole teacher on its own: a run takes it "
+                "alone (teacher: {store: DIR}), not in a list of teachers; a store is made "
+                "from trained teachers, not from another store"
+            )
+        sources = [k for k in ("run", "name") if getattr(self, k) is not None]
         if len(sources) != 1:
             raise ValueError(
                 "give exactly one of 'run' (a trained teacher's run directory), 'name' and "
@@ -87,6 +91,35 @@ class TeacherConfig(_Named):
             raise ValueError(f"with '{sources[0]}', the teacher takes no model options "
                              f"{sorted(self.options)}")
         return self
+
+
+class StoreTeacherConfig(_Strict):
+    """``teacher: {store: DIR}``: a soft-label store made by ``kdforge soft-labels``; the
+    teacher is then never run (FKD, Shen & Xing 2022). The run replays the store's views."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    path: str = Field(alias="store", description="soft-label store directory")
+    fill: Literal["smooth", "renorm"] = Field("smooth", description="the mass outside the "
+                                              "top-k: smooth (FKD) or renorm")
+    repeats: int = Field(1, ge=1, description="views per loaded sample in a batch")
+    verify: bool = Field(True, description="check every shard's checksum before training")
+
+
+def _teacher_kind(value: Any) -> str:
+    """Which teacher section ``value`` is: a store (it has ``store``) or a model."""
+    if isinstance(value, StoreTeacherConfig) or (isinstance(value, dict) and "store" in value):
+        return "store teacher"
+    return "model teacher"
+
+
+#: ``teacher:`` one model teacher or one store (told apart by a ``store`` key).
+OneTeacher = Annotated[
+    Annotated[TeacherConfig, Tag("model teacher")] | Annotated[StoreTeacherConfig,
+                                                               Tag("store teacher")],
+    Discriminator(_teacher_kind),
+]
 
 
 class LossConfig(_Named):
@@ -147,7 +180,7 @@ class RunConfig(_Strict):
     output_dir: str = "runs"
     data: DataConfig
     student: ModelConfig
-    teacher: TeacherConfig | list[TeacherConfig] | None = None
+    teacher: OneTeacher | list[TeacherConfig] | None = None
     ensemble: Literal["mean_probs", "mean_logits"] = "mean_probs"
     ensemble_weights: list[float] | None = None
     view: ViewConfig | None = Field(None, description="augmentation and teaching setting")
@@ -157,7 +190,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @property
-    def teachers(self) -> list[TeacherConfig]:
+    def teachers(self) -> list[TeacherConfig | StoreTeacherConfig]:
         if self.teacher is None:
             return []
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
@@ -303,6 +336,7 @@ def _deep_copy(obj: Any) -> Any:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": RunConfig, "data": DataConfig, "student": ModelConfig, "teacher": TeacherConfig,
+    "store teacher": StoreTeacherConfig,
     "losses": LossConfig, "view": ViewConfig, "store": StoreOptions, "optim": OptimConfig,
     "schedule": ScheduleConfig, "train": TrainConfig,
 }
@@ -313,17 +347,22 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = RunCon
     lines = []
     errors = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("list[", "function-"))]
-        loc = [p for p in loc if p not in ("TeacherConfig",)]
-        errors.append((".".join(loc) or "(top level)", loc, err))
+        loc = [str(p) for p in err["loc"]
+               if not str(p).startswith(("list[", "function-", "tagged-union["))]
+        section = next((p for p in reversed(loc[:-1]) if p in _SECTIONS), "")
+        loc = [p for p in loc if p not in ("TeacherConfig", "model teacher", "store teacher")]
+        errors.append((".".join(loc) or "(top level)", loc, err, section))
     # A union (teacher: one or a list) reports a failure per branch; keep the informative one.
-    informative = {k for k, _, e in errors if e["type"] not in ("list_type", "dict_type")}
-    for key, loc, err in errors:
-        if err["type"] in ("list_type", "dict_type") and key in informative:
+    branch = ("list_type", "dict_type", "model_type", "model_attributes_type")
+    informative = {k for k, _, e, _ in errors if e["type"] not in branch}
+    for key, loc, err, section in errors:
+        if err["type"] in branch and any(
+                k == key or k.startswith(key + ".") for k in informative):
             continue
         if err["type"] == "extra_forbidden":
-            section = next((p for p in loc[:-1] if p in _SECTIONS), "")
-            allowed = ", ".join((_SECTIONS[section] if section else root).model_fields)
+            fields = (_SECTIONS[section] if section else root).model_fields
+            allowed = ", ".join(f.alias or name for name, f in fields.items())
+            section = "teacher" if section == "store teacher" else section
             where = f"section {section!r}" if section else "the top level"
             lines.append(f"{key}: unknown key; allowed keys in {where}: {allowed}")
         elif err["type"] == "missing":

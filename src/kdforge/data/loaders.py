@@ -9,11 +9,10 @@ run with the same global batch size.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from kdforge.core.errors import ConfigError
@@ -31,8 +30,9 @@ def to_batch(obj: Any) -> Batch:
     """Map what a loader yields into a :class:`Batch`.
 
     Accepts our dict batches (``input``, ``target``, optional ``index``, ``teacher_input``,
-    ``view``: what a view's loader prepared, see :meth:`kdforge.data.views.View.loader_dataset`),
-    an existing ``Batch``, or the ``(inputs, targets)`` pairs of ordinary PyTorch data sets.
+    ``view``: what a batch source's loader prepared for its view, e.g. a soft-label store's
+    records, see :class:`kdforge.store.StoreSource`), an existing ``Batch``, or the
+    ``(inputs, targets)`` pairs of ordinary PyTorch data sets.
     """
     if isinstance(obj, Batch):
         return obj
@@ -62,44 +62,34 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-@dataclass(frozen=True)
-class EpochBatch:
-    """The key of one training batch for data sets whose samples depend on the epoch."""
-
-    epoch: int
-    indices: list[int]
-
-
-class EpochBatchSampler(Sampler[EpochBatch]):
-    """The batches of a :class:`DistributedSampler`, each as one :class:`EpochBatch`.
-
-    For data sets whose samples depend on the epoch (a store replay draws each sample's
-    view per epoch): the key carries the epoch into DataLoader workers, which, persistent,
-    hold a copy of the data set made before the epoch began. One key per batch, not per
-    sample, so the epoch costs nothing per sample. The data set's ``__getitems__`` receives
-    the :class:`EpochBatch`.
-    """
-
-    def __init__(self, sampler: DistributedSampler, batch_size: int, drop_last: bool) -> None:
-        self.sampler = sampler
-        self.batches = BatchSampler(sampler, batch_size, drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[EpochBatch]:
-        epoch = self.sampler.epoch
-        return (EpochBatch(epoch, indices) for indices in self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tell a :func:`train_loader` which epoch begins (it reshuffles from ``seed + epoch``)."""
-    batches = loader.batch_sampler
-    sampler = batches if isinstance(batches, EpochBatchSampler) else loader.sampler
-    sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    """Tell a shuffling loader which epoch begins (it reshuffles from ``seed + epoch``):
+    calls ``set_epoch`` of its batch sampler if that has one (a loader keyed by epoch, as a
+    soft-label store's), else of its sampler."""
+    for sampler in (loader.batch_sampler, loader.sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
+
+
+def train_sampler(dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0,
+                  world_size: int = 1, drop_last: bool = False) -> DistributedSampler:
+    """The shuffling, rank-sharded sampler of :func:`train_loader` (see the module
+    docstring); ``batch_size`` is the global batch and must divide over the ranks."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+    return DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+    )
+
+
+def loader_options(num_workers: int, pin_memory: bool) -> dict[str, Any]:
+    """The DataLoader settings every training loader shares (workers persist over epochs)."""
+    return {"num_workers": num_workers, "collate_fn": collate, "pin_memory": pin_memory,
+            "persistent_workers": num_workers > 0}
 
 
 def train_loader(
@@ -112,28 +102,15 @@ def train_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
-    keyed: bool = False,
 ) -> DataLoader:
     """A shuffling loader; ``batch_size`` is the *global* batch, split evenly over ranks.
 
-    Call :func:`set_epoch` before each epoch (the trainer does). ``keyed``: ask ``dataset``
-    for one :class:`EpochBatch` per batch (``__getitems__(EpochBatch(epoch, indices))``).
+    Call :func:`set_epoch` before each epoch (the trainer does).
     """
-    if batch_size % world_size:
-        raise ConfigError(
-            f"batch_size {batch_size} is the global batch and must be divisible by the "
-            f"{world_size} processes; use a multiple of {world_size}"
-        )
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
-    )
-    common = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": pin_memory,
-              "persistent_workers": num_workers > 0}
-    if keyed:
-        batches = EpochBatchSampler(sampler, batch_size // world_size, drop_last)
-        return DataLoader(dataset, batch_sampler=batches, **common)
+    sampler = train_sampler(dataset, batch_size, seed=seed, rank=rank, world_size=world_size,
+                            drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler,
-                      drop_last=drop_last, **common)
+                      drop_last=drop_last, **loader_options(num_workers, pin_memory))
 
 
 def eval_loader(
@@ -159,5 +136,5 @@ def first_batch(dataset: Dataset, size: int) -> Batch:
     return load_batch(dataset, range(min(size, len(dataset))))  # type: ignore[arg-type]
 
 
-__all__ = ["EpochBatch", "EpochBatchSampler", "ShardSampler", "collate", "eval_loader",
-           "first_batch", "load_batch", "set_epoch", "to_batch", "train_loader"]
+__all__ = ["ShardSampler", "collate", "eval_loader", "first_batch", "load_batch",
+           "loader_options", "set_epoch", "to_batch", "train_loader", "train_sampler"]

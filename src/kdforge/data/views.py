@@ -68,18 +68,6 @@ class View:
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         raise NotImplementedError
 
-    def loader_dataset(self, dataset: Any, seed: int) -> Any:
-        """The data set the trainer's loader should read instead of ``dataset``, or ``None``.
-
-        A view whose batches need CPU work that does not depend on the training step (a
-        store replay reads and decodes its records) returns a data set that does it, so it
-        runs in the DataLoader's workers; that data set is asked for one
-        :class:`~kdforge.data.loaders.EpochBatch` (epoch and indices) per batch and puts what it prepared in its batches' ``view`` entry, which ``__call__``
-        then finds in ``batch.view``. ``seed``: the run's seed. Views that draw on the
-        device return ``None`` (the default).
-        """
-        return None
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.augment!r})"
 

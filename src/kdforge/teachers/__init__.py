@@ -3,8 +3,9 @@
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.ensemble import COMBINE_RULES, EnsembleTeacher
 from kdforge.teachers.module import ModuleTeacher
-from kdforge.teachers.store import SoftLabelStore, SoftLabelStoreWriter, StoreLayout
-from kdforge.teachers.stored import StoredTeacher, StoreView
+from kdforge.store import SoftLabelStore, SoftLabelStoreWriter, StoreLayout, StoreView
+from kdforge.teachers.stored import StoredTeacher, StoreRun, open_store_run
 
 __all__ = ["COMBINE_RULES", "EnsembleTeacher", "ModuleTeacher", "SoftLabelStore",
-           "SoftLabelStoreWriter", "StoreLayout", "StoreView", "StoredTeacher", "Teacher"]
+           "SoftLabelStoreWriter", "StoreLayout", "StoreRun", "StoreView", "StoredTeacher",
+           "Teacher", "open_store_run"]

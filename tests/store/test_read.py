@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from kdforge.teachers.store import SoftLabelStore, StoreError
-from tests.teachers.test_store import build_store, layout_of
+from kdforge.store import SoftLabelStore, StoreError
+from tests.store.builders import build_store, layout_of
 
 
 @pytest.mark.parametrize("samples_per_shard", [10, 3])  # one shard (fast path), four shards
