@@ -122,7 +122,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "soft-labels":
         from kdforge.config import SoftLabelConfig, load_config
-        from kdforge.soft_labels import generate
+        from kdforge.jobs.soft_labels import generate
 
         cfg = load_config(args.config, args.overrides, kind=SoftLabelConfig)
         print(json.dumps(generate(cfg, verbose=not args.quiet), indent=2))
@@ -139,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")
         return 0
     if args.command == "bench" and args.bench == "store":
-        from kdforge.bench_store import run_store_bench
+        from kdforge.jobs.bench_store import run_store_bench
 
         run_store_bench(args.spec, results=args.results, epochs=args.epochs)
         print(f"results: {args.results}/store.md, {args.results}/store.json")

@@ -4,18 +4,20 @@ For every training sample, ``views_per_sample`` views are drawn with the configu
 augmentation; their crop parameters are rounded to the store's grid *before* the view is
 made, so the stored parameters replay the labelled view exactly. The teacher (or ensemble)
 labels the views in large batches under ``torch.inference_mode``; the top-k classes and
-their log-probabilities go into fixed-size records (:mod:`kdforge.teachers.store`).
+their log-probabilities go into fixed-size records (:mod:`kdforge.store`).
 
 ``view: {name: function_matching}`` stores the views of Beyer et al. 2022's function
 matching: each view's consistent crop is mixed (mixup, Zhang et al. 2018, or CutMix, Yun et
 al. 2019) with the same view id of a partner sample drawn from the whole training set, the
 teacher labels the mixed input, and the record keeps the partner and the quantised ratio
-(:class:`kdforge.teachers.stored.MixedViews` says how every parameter is derived).
+(:class:`kdforge.store.MixedViews` says how every parameter is derived).
 
 Generation is resumable (finished shards are verified and skipped) and splits its shards
 over ``torchrun`` processes. The training set is the one a run with the same ``data``
 section trains on (after the validation split), so sample ``i`` of the store is sample
-``i`` of that run.
+``i`` of that run; ``meta.json`` records that data section and a fingerprint of the split's
+inputs and labels (:func:`kdforge.store.split_fingerprint`), which a run checks before it
+trains from the store.
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ from kdforge.core.errors import ConfigError
 from kdforge.data.augment import Mixup, make_augment
 from kdforge.data.views import FunctionMatchingView, build_view
 from kdforge.engine import distributed
-from kdforge.engine.trainer import resolve_device
-from kdforge.teachers.store import (
+from kdforge.engine.runtime import resolve_device
+from kdforge.store import (
+    MixedViews,
     SoftLabelStore,
     SoftLabelStoreWriter,
     StoreLayout,
+    check_samples,
     quantize_crop,
+    split_fingerprint,
+    view_meta,
     view_seed,
 )
-from kdforge.teachers.stored import MixedViews, view_meta
 
 __all__ = ["STORE_VIEWS", "generate", "store_path", "teacher_identity"]
 
@@ -97,42 +102,25 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     run_cfg = _as_run_config(cfg)
     data = api.build_data(run_cfg)
     k_classes, shape = data.splits.num_classes, data.splits.input_shape
-    fixed = cfg.view.name == "fixed"
     augment, mixup, labels = _store_view(cfg, shape, k_classes)  # options checked first
     teacher = api.build_teacher(run_cfg, k_classes, shape)
     assert teacher is not None
     teacher.to(device)
-    views = 1 if fixed else cfg.store.views_per_sample
+    views = 1 if cfg.view.name == "fixed" else cfg.store.views_per_sample
     described = view_meta(cfg.view.name, augment, mixup, labels)
-    source = _views_source(cfg, len(data.train), views, described)
+    source = _views_source(cfg, data.train, views, described)
     seed = int(source.meta["store_seed"]) if source is not None else cfg.seed
     mixed = None
     if mixup is not None:
         assert augment is not None
         mixed = MixedViews(augment, mixup, seed, len(data.train))
-    layout = StoreLayout(
-        num_samples=len(data.train), views_per_sample=views, num_classes=k_classes,
-        top_k=min(cfg.store.top_k, k_classes), value_format=cfg.store.value_format,
-        view_kind="none" if fixed else ("image" if len(shape) == 3 else "signal"),
-        has_mix=mixed is not None)
-    meta = {
-        "teacher": teacher_identity(cfg.teachers),
-        "ensemble": cfg.ensemble if len(cfg.teachers) > 1 else None,
-        "dataset": {"name": cfg.data.name, "length": len(data.train),
-                    "options": cfg.data.options, "val_fraction": cfg.data.val_fraction},
-        "view": described,
-        "store_seed": seed,
-        "input_shape": list(shape),
-        "views_from": str(source.path) if source is not None else None,
-    }
-    path = store_path(cfg)
-    writer = SoftLabelStoreWriter(path, layout, meta, cfg.store.samples_per_shard)
+    layout = _layout(cfg, len(data.train), views, k_classes, shape, mixed is not None)
+    meta = _meta(cfg, data.train, described, seed, shape, source)
+    writer = SoftLabelStoreWriter(store_path(cfg), layout, meta, cfg.store.samples_per_shard)
     pending = writer.pending_shards()
-    mine = pending[env.rank::env.world_size]
     start = time.perf_counter()
-    labelled = 0
-    teacher_time = 0.0
-    for shard in mine:
+    labelled, teacher_time = 0, 0.0
+    for shard in pending[env.rank::env.world_size]:
         lo, hi = writer.shard_samples(shard)
         records, seconds = _label_shard(writer, teacher, data.train, lo, hi, views, augment,
                                         cfg, device, seed, source, mixed)
@@ -146,16 +134,43 @@ def generate(cfg: SoftLabelConfig, verbose: bool = True) -> dict[str, Any]:
     distributed.barrier()
     if env.is_main:
         writer.close()
-    stats = {"path": str(path), "views": labelled, "seconds": elapsed,
+    stats = {"path": str(store_path(cfg)), "views": labelled, "seconds": elapsed,
              "teacher_seconds": teacher_time,
              "views_per_s": labelled / max(elapsed, 1e-9),
              "bytes_per_view": layout.bytes_per_view,
              "skipped_shards": writer.num_shards - len(pending)}
     if verbose and env.is_main:
-        print(f"store {path}: {labelled:,} views in {elapsed:.1f} s "
+        print(f"store {stats['path']}: {labelled:,} views in {elapsed:.1f} s "
               f"({stats['views_per_s']:,.0f} views/s), {layout.bytes_per_view} bytes per view",
               flush=True)
     return stats
+
+
+def _layout(cfg: SoftLabelConfig, num_samples: int, views: int, num_classes: int,
+            shape: tuple[int, ...], has_mix: bool) -> StoreLayout:
+    fixed = cfg.view.name == "fixed"
+    return StoreLayout(
+        num_samples=num_samples, views_per_sample=views, num_classes=num_classes,
+        top_k=min(cfg.store.top_k, num_classes), value_format=cfg.store.value_format,
+        view_kind="none" if fixed else ("image" if len(shape) == 3 else "signal"),
+        has_mix=has_mix)
+
+
+def _meta(cfg: SoftLabelConfig, train: Any, described: dict[str, Any], seed: int,
+          shape: tuple[int, ...], source: SoftLabelStore | None) -> dict[str, Any]:
+    """What ``meta.json`` records: the teacher(s), the data section and the fingerprint of
+    its training split, the view, the store seed and the input shape."""
+    return {
+        "teacher": teacher_identity(cfg.teachers),
+        "ensemble": cfg.ensemble if len(cfg.teachers) > 1 else None,
+        "dataset": {"name": cfg.data.name, "length": len(train),
+                    "options": cfg.data.options, "val_fraction": cfg.data.val_fraction,
+                    "fingerprint": split_fingerprint(train)},
+        "view": described,
+        "store_seed": seed,
+        "input_shape": list(shape),
+        "views_from": str(source.path) if source is not None else None,
+    }
 
 
 def _store_view(cfg: SoftLabelConfig, shape: tuple[int, ...], num_classes: int
@@ -176,13 +191,15 @@ def _store_view(cfg: SoftLabelConfig, shape: tuple[int, ...], num_classes: int
 _GEOMETRY = ("name", "augment", "mix")
 
 
-def _views_source(cfg: SoftLabelConfig, num_samples: int, views: int,
+def _views_source(cfg: SoftLabelConfig, train: Any, views: int,
                   described: dict[str, Any]) -> SoftLabelStore | None:
-    """The store whose views are to be labelled again (``store.views_from``), checked."""
+    """The store whose views are to be labelled again (``store.views_from``), checked: made
+    from the same training samples, with the same views."""
     if cfg.store.views_from is None:
         return None
     source = SoftLabelStore(cfg.store.views_from)
-    source.check_compatible(num_samples=num_samples, dataset=cfg.data.name)
+    source.check_compatible(num_samples=len(train), dataset=cfg.data.name)
+    check_samples(source, train, cfg.data)
     theirs = source.meta.get("view")
     mine = {k: v for k, v in described.items() if k in _GEOMETRY}
     geometry = {k: v for k, v in theirs.items() if k in _GEOMETRY} if isinstance(

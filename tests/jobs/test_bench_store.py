@@ -6,9 +6,11 @@ import math
 import pytest
 import yaml
 
-from kdforge.bench_store import RUNS, TARGETS, generation_batches, run_store_bench
 from kdforge.cli import main
-from kdforge.teachers.store import StoreLayout
+from kdforge.core.errors import ConfigError
+from kdforge.jobs.bench_store import RUNS, TARGETS, generation_batches, run_store_bench
+from kdforge.jobs.bench_store_spec import load_store_spec
+from kdforge.store import StoreLayout
 
 
 def tiny_spec(tmp_path):
@@ -94,3 +96,40 @@ def test_store_benchmark_cli(tmp_path, capsys):
     path.write_text(yaml.safe_dump(spec))
     assert main(["bench", "store", "--spec", str(path)]) == 2
     assert "consistent" in capsys.readouterr().err
+
+
+def test_store_benchmark_spec_fills_defaults_and_names_bad_keys(tmp_path):
+    path = tiny_spec(tmp_path)
+    spec = load_store_spec(path)
+    assert spec["seeds"] == [0, 1] and spec["augment"] == {"scale": [0.35, 1.0], "flip": 0.0}
+    assert spec["store"]["value_formats"] == ["uint8", "fp16"] and spec["store"]["repeats"] == 1
+    assert spec["teacher"]["optim"] == {"name": "sgd", "lr": 0.05}
+    assert spec["teacher"]["schedule"] == {} and spec["timing"] == {"repeats": 2, "steps": 3}
+    raw = yaml.safe_load(path.read_text())
+    minimal = {k: raw[k] for k in ("data", "teacher", "student")}
+    path.write_text(yaml.safe_dump(minimal))
+    spec = load_store_spec(path)
+    assert spec["seeds"] == [0] and spec["epochs"] == 15 and spec["teacher"]["epochs"] == 2
+    assert spec["store"]["value_formats"] == ["uint8"] and spec["losses"] == [{"name": "kd",
+                                                                                "T": 4}]
+    bad = [
+        ({"store": {"views": 3}}, r"store\.views: unknown key.*views_per_sample"),
+        ({"timing": {"steps": 0}}, r"timing\.steps: Input should be greater than 0"),
+        ({"seeds": [1, 1]}, "distinct integers"),
+        ({"seeds": [True]}, "seeds.0"),
+        ({"store": {"value_formats": ["int4"]}}, "value_formats"),
+        ({"store": {"value_format": "fp16", "value_formats": ["fp16"]}}, "not both"),
+        ({"teacher": {"model": {"channels": [8]}}}, "must name a model"),
+        ({"view": {"name": "independent"}}, "must be 'consistent'"),
+        ({"epochs": "many"}, "epochs"),
+        ({"surprise": 1}, "surprise: unknown key"),
+    ]
+    for change, pattern in bad:
+        path.write_text(yaml.safe_dump({**minimal, **change}))
+        with pytest.raises(ConfigError, match=pattern):
+            load_store_spec(path)
+    path.write_text(yaml.safe_dump({k: raw[k] for k in ("data", "student")}))
+    with pytest.raises(ConfigError, match="teacher: required key is missing"):
+        load_store_spec(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_store_spec(tmp_path / "nowhere.yaml")
