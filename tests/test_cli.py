@@ -43,7 +43,7 @@ def test_train_distill_evaluate_round_trip(tmp_path, capsys):
     assert {"accuracy", "agreement", "kl"} <= set(result["test"])
     run_dir = tmp_path / "runs" / "student"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 1
-    for name in ("metrics.jsonl", "model.safetensors", "checkpoint.pt", "summary.json"):
+    for name in ("metrics.jsonl", "model.safetensors", "checkpoint.safetensors", "summary.json"):
         assert (run_dir / name).is_file(), name
 
     assert main(["evaluate", str(run_dir)]) == 0
@@ -85,4 +85,4 @@ def test_teacher_with_other_class_count_fails_before_training(tmp_path, capsys):
     assert main(["distill", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "(8, 4)" in err and "(8, 10)" in err and "num_classes=10" in err
-    assert not (tmp_path / "runs" / "s4" / "checkpoint.pt").exists()
+    assert not (tmp_path / "runs" / "s4" / "checkpoint.safetensors").exists()

@@ -18,8 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ls = sub.add_parser("list", help="print what is registered (models, losses, datasets, views, "
-                                     "layers)")
-    ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "layers"])
+                                     "optimizers, schedules, layer-types) or a model's layers")
+    ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "optimizers",
+                                     "schedules", "layer-types", "layers"])
     ls.add_argument("model", nargs="?", help="with 'layers': the model whose layers to print")
     ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with 'layers': num_classes=N, input_shape=[C,H,W] or a model option")

@@ -142,7 +142,9 @@ class ViewConfig(_Named):
 
 
 class OptimConfig(_Strict):
-    name: Literal["sgd", "adamw", "adam", "shampoo"] = "sgd"
+    """``optim:`` the optimizer (``kdforge list optimizers``) and its settings."""
+
+    name: str = Field("sgd", description="registered optimizer: sgd, adamw, adam, shampoo")
     lr: float = Field(0.05, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
@@ -151,7 +153,9 @@ class OptimConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    """``schedule:`` the learning-rate schedule (``kdforge list schedules``), per step."""
+
+    name: str = Field("cosine", description="registered schedule: cosine, step, constant")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up from lr/100")
     milestones: list[float] = Field(default_factory=list, description="epochs (step schedule)")
     gamma: float = Field(0.1, gt=0.0)
@@ -270,6 +274,15 @@ def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = 
         return (kind or RunConfig).model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, kind or RunConfig)) from None
+
+
+def parse_section(kind: type[BaseModel], data: dict[str, Any], what: str) -> Any:
+    """Validate one section (a scheme's per-group ``optim``) with readable errors."""
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, kind).replace(
+            "invalid config", f"invalid {what} settings")) from None
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
