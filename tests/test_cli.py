@@ -21,6 +21,14 @@ def test_list_prints_registered_things_with_sources(capsys):
     assert main(["list", "views"]) == 0
     out = capsys.readouterr().out
     assert "function_matching" in out and "Beyer" in out
+    assert main(["list", "optimizers"]) == 0
+    out = capsys.readouterr().out
+    assert "adamw" in out and "Loshchilov & Hutter 2019" in out and "shampoo" in out
+    assert main(["list", "schedules"]) == 0
+    assert {"cosine", "step", "constant"} <= {line.split()[0] for line in
+                                             capsys.readouterr().out.splitlines()}
+    assert main(["list", "layer-types"]) == 0
+    assert "Conv2d" in capsys.readouterr().out
     assert main(["list", "layers", "resnet8", "--set", "input_shape=[1, 8, 8]"]) == 0
     assert "layer3" in capsys.readouterr().out
 

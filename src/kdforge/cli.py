@@ -16,7 +16,26 @@ def _parser() -> argparse.ArgumentParser:
         description="Knowledge distillation for PyTorch: train teachers, distill students.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _list_parser(sub)
+    _run_parsers(sub)
+    sl = sub.add_parser("soft-labels", help="run the teacher once over many views and store "
+                        "the soft labels (FKD)")
+    sl.add_argument("config", help="YAML soft-label config")
+    sl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. store.views_per_sample=50")
+    sl.add_argument("--quiet", action="store_true")
+    ev = sub.add_parser("evaluate", help="evaluate a finished run's model")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    _bench_parsers(sub)
+    demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
+    demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
+    demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
+    demo.add_argument("--seeds", type=int, default=3, help="seeds per student setting")
+    return p
 
+
+def _list_parser(sub) -> None:
     ls = sub.add_parser("list", help="print what is registered (models, losses, datasets, views, "
                                      "optimizers, schedules, layer-types) or a model's layers")
     ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "optimizers",
@@ -25,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with 'layers': num_classes=N, input_shape=[C,H,W] or a model option")
 
+
+def _run_parsers(sub) -> None:
     for name, text in (("train", "train a model (a teacher, or a student alone)"),
                        ("distill", "distill a student from the config's teacher")):
         run = sub.add_parser(name, help=text)
@@ -36,17 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="replace an existing run directory of the same name")
         run.add_argument("--quiet", action="store_true", help="no progress output")
 
-    sl = sub.add_parser("soft-labels", help="run the teacher once over many views and store "
-                        "the soft labels (FKD)")
-    sl.add_argument("config", help="YAML soft-label config")
-    sl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. store.views_per_sample=50")
-    sl.add_argument("--quiet", action="store_true")
 
-    ev = sub.add_parser("evaluate", help="evaluate a finished run's model")
-    ev.add_argument("run_dir")
-    ev.add_argument("--split", choices=["test", "val"], default="test")
-
+def _bench_parsers(sub) -> None:
     bench = sub.add_parser("bench", help="run a benchmark and write its results to files")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     grid = bench_sub.add_parser("grid", help="every method on every teacher/student pair")
@@ -71,12 +83,6 @@ def _parser() -> argparse.ArgumentParser:
     store.add_argument("--results", default="benchmarks/results", help="where results go")
     store.add_argument("--epochs", type=int, help="override the students' epochs (smoke runs)")
 
-    demo = sub.add_parser("demo", help="train teachers and distill students on bundled data")
-    demo.add_argument("--output", default="runs/demo", help="where runs, table and plots go")
-    demo.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
-    demo.add_argument("--seeds", type=int, default=3, help="seeds per student setting")
-    return p
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -95,69 +101,96 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    key = f"bench {args.bench}" if args.command == "bench" else args.command
+    return _COMMANDS[key](args)
+
+
+def _list(args: argparse.Namespace) -> int:
     from kdforge import api
 
-    if args.command == "list":
-        if args.kind == "layers":
-            for line in api.list_layers(args.model, args.overrides):
-                print(line)
-        else:
-            for name, source, summary in api.list_registered(args.kind):
-                print(f"{name:24s} {summary}" + (f"  [{source}]" if source else ""))
-        return 0
-    if args.command in ("train", "distill"):
-        if args.resume:
-            if args.config or args.overrides:
-                raise _usage("--resume reads the run's own config.yaml; give no CONFIG or --set")
-            result = api.resume(args.resume, verbose=not args.quiet)
-        else:
-            if not args.config:
-                raise _usage(f"kdforge {args.command} needs a CONFIG file (or --resume RUN_DIR)")
-            from kdforge.config import load_config
+    if args.kind == "layers":
+        for line in api.list_layers(args.model, args.overrides):
+            print(line)
+    else:
+        for name, source, summary in api.list_registered(args.kind):
+            print(f"{name:24s} {summary}" + (f"  [{source}]" if source else ""))
+    return 0
 
-            cfg = load_config(args.config, args.overrides)
-            if args.command == "distill":
-                api.require_teacher(cfg)
-            result = api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet)
-        print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]}, indent=2))
-        return 0
-    if args.command == "soft-labels":
-        from kdforge.config import SoftLabelConfig, load_config
-        from kdforge.jobs.soft_labels import generate
 
-        cfg = load_config(args.config, args.overrides, kind=SoftLabelConfig)
-        print(json.dumps(generate(cfg, verbose=not args.quiet), indent=2))
-        return 0
-    if args.command == "evaluate":
-        print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
-        return 0
-    if args.command == "bench" and args.bench == "recipes":
-        from kdforge.jobs.bench_recipes import run_recipes
+def _train(args: argparse.Namespace) -> int:
+    from kdforge import api
 
-        epochs = [int(e) for e in _names(args.epochs)] if args.epochs else None
-        run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
-                    settings=_names(args.settings))
-        print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")
-        return 0
-    if args.command == "bench" and args.bench == "store":
-        from kdforge.jobs.bench_store import run_store_bench
+    if args.resume:
+        if args.config or args.overrides:
+            raise _usage("--resume reads the run's own config.yaml; give no CONFIG or --set")
+        result = api.resume(args.resume, verbose=not args.quiet)
+    else:
+        if not args.config:
+            raise _usage(f"kdforge {args.command} needs a CONFIG file (or --resume RUN_DIR)")
+        from kdforge.config import load_config
 
-        run_store_bench(args.spec, results=args.results, epochs=args.epochs)
-        print(f"results: {args.results}/store.md, {args.results}/store.json")
-        return 0
-    if args.command == "bench":
-        from kdforge.jobs.bench_grid import run_grid
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "distill":
+            api.require_teacher(cfg)
+        result = api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet)
+    print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]}, indent=2))
+    return 0
 
-        run_grid(args.grid, results=args.results, methods=_names(args.methods),
-                 pairs=_names(args.pairs), seeds=args.seeds, epochs=args.epochs)
-        print(f"results: {args.results}/grid.md, {args.results}/grid.json")
-        return 0
-    if args.command == "demo":
-        from kdforge.jobs.demo import run_demo
 
-        run_demo(args.output, quick=args.quick, seeds=args.seeds)
-        return 0
-    raise AssertionError(args.command)
+def _soft_labels(args: argparse.Namespace) -> int:
+    from kdforge.config import SoftLabelConfig, load_config
+    from kdforge.jobs.soft_labels import generate
+
+    cfg = load_config(args.config, args.overrides, kind=SoftLabelConfig)
+    print(json.dumps(generate(cfg, verbose=not args.quiet), indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from kdforge import api
+
+    print(json.dumps(api.evaluate_run(args.run_dir, args.split), indent=2))
+    return 0
+
+
+def _bench_recipes(args: argparse.Namespace) -> int:
+    from kdforge.jobs.bench_recipes import run_recipes
+
+    epochs = [int(e) for e in _names(args.epochs)] if args.epochs else None
+    run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
+                settings=_names(args.settings))
+    print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")
+    return 0
+
+
+def _bench_store(args: argparse.Namespace) -> int:
+    from kdforge.jobs.bench_store import run_store_bench
+
+    run_store_bench(args.spec, results=args.results, epochs=args.epochs)
+    print(f"results: {args.results}/store.md, {args.results}/store.json")
+    return 0
+
+
+def _bench_grid(args: argparse.Namespace) -> int:
+    from kdforge.jobs.bench_grid import run_grid
+
+    run_grid(args.grid, results=args.results, methods=_names(args.methods),
+             pairs=_names(args.pairs), seeds=args.seeds, epochs=args.epochs)
+    print(f"results: {args.results}/grid.md, {args.results}/grid.json")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kdforge.jobs.demo import run_demo
+
+    run_demo(args.output, quick=args.quick, seeds=args.seeds)
+    return 0
+
+
+#: command (``bench NAME`` for benchmarks) -> what runs it
+_COMMANDS = {"list": _list, "train": _train, "distill": _train, "soft-labels": _soft_labels,
+             "evaluate": _evaluate, "bench grid": _bench_grid, "bench recipes": _bench_recipes,
+             "bench store": _bench_store, "demo": _demo}
 
 
 def _names(value: str | None) -> list[str] | None:
