@@ -203,3 +203,20 @@ def test_batch_source_must_make_batches():
     with pytest.raises(ConfigError, match="Batch"):
         next(iter(source.epoch(0, seed=0)))
     assert isinstance(GeneratorSource(noise_batches(2, (1,)), 1).make(torch.Generator()), Batch)
+
+
+def test_peer_teacher_follows_the_mode_and_detaches_its_outputs():
+    from kdforge.teachers.peer import PeerTeacher
+
+    peer_net = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4))
+    peer = PeerTeacher(peer_net, features=["0"])
+    peer.train()
+    assert peer_net.training and all(p.requires_grad for p in peer_net.parameters())
+    out = peer(torch.randn(6, 8))
+    assert not out.logits.requires_grad and out.features["0"].shape == (6, 4)
+    assert int(peer_net[1].num_batches_tracked) == 1  # a peer's BatchNorm learns
+    frozen = ModuleTeacher(nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4)))
+    frozen.train()
+    assert not frozen.model.training
+    live = PeerTeacher(nn.Linear(8, 4), detach=False)(torch.randn(2, 8))
+    assert live.logits.requires_grad

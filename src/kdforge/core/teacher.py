@@ -11,7 +11,8 @@ from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
-from kdforge.core.outputs import Batch, Outputs
+from kdforge.core.outputs import Batch, Outputs, to_outputs
+from kdforge.core.taps import FeatureTap
 
 #: How gradients flow through a teacher:
 #:   ``"none"``: frozen, run without an autograd graph (the default);
@@ -48,4 +49,22 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
 
-__all__ = ["GradientMode", "Teacher"]
+class NetworkTeacher(Teacher):
+    """A teacher that runs a network: holds it and taps its named layers as features."""
+
+    def __init__(self, model: nn.Module, features: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self._tap = FeatureTap(model)
+        self.require_features(features)
+
+    def require_features(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._tap.add(name)
+
+    def outputs(self, raw: object) -> Outputs:
+        """The network's raw output with the features tapped in that forward pass."""
+        return to_outputs(raw, self._tap.pop() if self._tap.names else None)
+
+
+__all__ = ["GradientMode", "NetworkTeacher", "Teacher"]

@@ -8,14 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from kdforge.core.errors import ConfigError
-from kdforge.core.outputs import Batch, Outputs, to_outputs
-from kdforge.core.taps import FeatureTap
-from kdforge.core.teacher import GradientMode, Teacher
+from kdforge.core.outputs import Batch, Outputs
+from kdforge.core.teacher import GradientMode, NetworkTeacher
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModuleTeacher(Teacher):
+class ModuleTeacher(NetworkTeacher):
     """Wraps a trained model as a frozen teacher.
 
     The model is put in eval mode and its parameters stop requiring gradients, so neither
@@ -35,7 +34,7 @@ class ModuleTeacher(Teacher):
 
     def __init__(self, model: nn.Module, precision: str = "fp32",
                  features: Iterable[str] = (), gradients: GradientMode = "none") -> None:
-        super().__init__()
+        super().__init__(model, features)
         if gradients not in ("none", "input"):
             raise ConfigError(
                 f"a frozen teacher's gradients are 'none' or 'input', got {gradients!r}; a "
@@ -46,16 +45,9 @@ class ModuleTeacher(Teacher):
             raise ConfigError(
                 f"teacher precision must be one of {sorted(_PRECISIONS)}, got {precision!r}"
             )
-        self.model = model
         self.precision = precision
         self.model.requires_grad_(False)
         self.model.eval()
-        self._tap = FeatureTap(model)
-        self.require_features(features)
-
-    def require_features(self, names: Iterable[str]) -> None:
-        for name in names:
-            self._tap.add(name)
 
     def forward(self, inputs: Tensor, batch: Batch | None = None) -> Outputs:
         with torch.set_grad_enabled(self.gradients == "input" and torch.is_grad_enabled()):
@@ -70,7 +62,7 @@ class ModuleTeacher(Teacher):
         else:
             with torch.autocast(inputs.device.type, dtype=dtype):
                 raw = self.model(inputs)
-        out = to_outputs(raw, self._tap.pop() if self._tap.names else None)
+        out = self.outputs(raw)
         if dtype is not None:
             out = Outputs(out.logits.float(), {k: v.float() for k, v in out.features.items()})
         return out

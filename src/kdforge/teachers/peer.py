@@ -6,12 +6,11 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
-from kdforge.core.outputs import Batch, Outputs, to_outputs
-from kdforge.core.taps import FeatureTap
-from kdforge.core.teacher import Teacher
+from kdforge.core.outputs import Batch, Outputs
+from kdforge.core.teacher import NetworkTeacher
 
 
-class PeerTeacher(Teacher):
+class PeerTeacher(NetworkTeacher):
     """Wraps a network that a scheme trains as a teacher of another network.
 
     Unlike a frozen teacher it follows the step's train/eval mode (its BatchNorm layers
@@ -31,18 +30,11 @@ class PeerTeacher(Teacher):
     gradients = "peer"
 
     def __init__(self, model: nn.Module, detach: bool = True, features: Iterable[str] = ()) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, features)
         self.detach = detach
-        self._tap = FeatureTap(model)
-        self.require_features(features)
-
-    def require_features(self, names: Iterable[str]) -> None:
-        for name in names:
-            self._tap.add(name)
 
     def forward(self, inputs: Tensor, batch: Batch | None = None) -> Outputs:
-        out = to_outputs(self.model(inputs), self._tap.pop() if self._tap.names else None)
+        out = self.outputs(self.model(inputs))
         return out.detach() if self.detach else out
 
 
