@@ -368,7 +368,7 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = RunCon
     # A union (teacher: one or a list) reports a failure per branch; keep the informative one.
     branch = ("list_type", "dict_type", "model_type", "model_attributes_type")
     informative = {k for k, _, e, _ in errors if e["type"] not in branch}
-    for key, loc, err, section in errors:
+    for key, _loc, err, section in errors:
         if err["type"] in branch and any(
                 k == key or k.startswith(key + ".") for k in informative):
             continue

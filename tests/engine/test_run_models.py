@@ -18,8 +18,8 @@ from torch.nn.utils import prune
 from kdforge import CE, KD, Distiller, api
 from kdforge.config import OptimConfig, TrainConfig, parse_config
 from kdforge.core.errors import CheckpointError
-from kdforge.models.runs import load_run_model, rebuild, save_run_model
 from kdforge.engine.trainer import Trainer
+from kdforge.models.runs import load_run_model, rebuild, save_run_model
 from tests.conftest import synthetic_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,6 +30,7 @@ from kdforge.store import (
 from kdforge.teachers.base import Teacher
 from kdforge.teachers.module import ModuleTeacher
 
+
 class StoredTeacher(Teacher):
     """A teacher that reads soft labels from a store instead of running a network.
 
