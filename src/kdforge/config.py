@@ -289,15 +289,23 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 kind: type[BaseModel] | None = None) -> Any:
     """Read a YAML config file and validate it (with overrides)."""
     path = Path(path)
+    data = read_yaml_mapping(path, f"config file {str(path)!r} does not exist",
+                             f"{path} must hold a mapping of config sections")
+    return parse_config(data, overrides, kind)
+
+
+def read_yaml_mapping(path: Path, missing: str, not_mapping: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (safe loader); ``ConfigError`` with ``missing``
+    when there is no file, ``not_mapping`` (plus what was found) when it holds no mapping."""
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(missing)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
-    return parse_config(data, overrides, kind)
+        raise ConfigError(f"{not_mapping}, got {type(data).__name__}")
+    return data
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

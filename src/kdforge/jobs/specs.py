@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from kdforge.config import read_yaml_mapping
 from kdforge.core.errors import ConfigError
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -31,14 +31,8 @@ def read_spec(path: str | Path, model: type[SpecT], what: str, example: str) -> 
     (``"benchmarks/grid.yaml"``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist (see {example})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a {what} holds a mapping of keys (see {example})")
+    raw = read_yaml_mapping(path, f"{what} {str(path)!r} does not exist (see {example})",
+                            f"{path}: a {what} holds a mapping of keys (see {example})")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
