@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ from kdforge.config import LossConfig, RunConfig, StoreTeacherConfig, TeacherCon
 from kdforge.core.errors import CheckpointError, ConfigError
 from kdforge.core.files import write_json
 from kdforge.core.source import BatchSource
+from kdforge.core.step import TrainStep
 from kdforge.core.teacher import Teacher
-from kdforge.data.datasets import DataSplits, load_dataset, split_train_val
+from kdforge.data.datasets import load_dataset, split_train_val
+from kdforge.data.datasets.classes import select_classes
 from kdforge.data.loaders import eval_loader
 from kdforge.data.sources import DatasetSource
 from kdforge.data.views import View, build_view
-from kdforge.distill.distiller import Distiller
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import CHECKPOINT, LEGACY_CHECKPOINT
 from kdforge.engine.metrics import evaluate, measure_latency
@@ -33,7 +34,9 @@ from kdforge.engine.runtime import resolve_device, seed_everything
 from kdforge.engine.trainer import Trainer
 from kdforge.losses.base import LossTerm, build_loss
 from kdforge.models import count_parameters, create_model
+from kdforge.models.init import init_from_run
 from kdforge.models.runs import WEIGHTS, load_run_model, save_run_model
+from kdforge.schemes import RunData, Scheme, StageResult, StepInputs, build_scheme
 from kdforge.teachers.ensemble import EnsembleTeacher
 from kdforge.teachers.module import ModuleTeacher
 from kdforge.teachers.stored import open_store_run
@@ -45,12 +48,8 @@ SUMMARY_FILE = "summary.json"
 VAL_SPLIT_SEED = 0
 
 
-@dataclass
-class Data:
-    splits: DataSplits
-    train: Any
-    val: Any
-    test: Any
+#: A run's data (splits, train, val, test); the type lives with the schemes that adapt it.
+Data = RunData
 
 
 @dataclass
@@ -62,14 +61,25 @@ class RunResult:
 # -- building blocks ---------------------------------------------------------------------------
 
 def build_data(cfg: RunConfig) -> Data:
+    """The run's data: the named data set, restricted to ``data.classes`` if given, with
+    validation carved from train."""
     splits = load_dataset(cfg.data.name, **cfg.data.options)
+    if cfg.data.classes is not None:
+        subset = {"classes": cfg.data.classes, "rest": cfg.data.rest}
+        train = select_classes(splits.train, rest_ratio=cfg.data.rest_ratio, **subset)
+        splits = replace(splits, train=train, test=select_classes(splits.test, **subset),
+                         num_classes=train.num_classes)
     train, val = split_train_val(splits.train, cfg.data.val_fraction, VAL_SPLIT_SEED)
     return Data(splits, train, val, splits.test)
 
 
 def build_model(name: str, options: dict[str, Any], num_classes: int,
-                input_shape: tuple[int, ...], weights: str | None = None) -> nn.Module:
-    return create_model(name, num_classes, input_shape, weights=weights, **options)
+                input_shape: tuple[int, ...], weights: str | None = None,
+                init: str | None = None) -> nn.Module:
+    model = create_model(name, num_classes, input_shape, weights=weights, **options)
+    if init is not None:
+        init_from_run(model, init)
+    return model
 
 
 @dataclass
@@ -140,13 +150,18 @@ def build_teaching(cfg: RunConfig, data: Data) -> Teaching:
     return Teaching(teacher, source, teacher)
 
 
-def build_distiller(cfg: RunConfig, data: Data, teaching: Teaching | None = None) -> Distiller:
+def build_distiller(cfg: RunConfig, data: Data, teaching: Teaching | None = None,
+                    scheme: Scheme | None = None) -> TrainStep:
+    """The run's step: the plain :class:`Distiller`, or what its scheme builds."""
     teaching = teaching or build_teaching(cfg, data)
     k, shape = data.splits.num_classes, data.splits.input_shape
     seed_everything(cfg.seed)  # the student's initialisation depends on the seed alone
-    student = build_model(cfg.student.name, cfg.student.options, k, shape, cfg.student.weights)
-    return Distiller(student, teaching.teacher, build_losses(cfg.losses),
-                     eval_teacher=teaching.eval_teacher)
+    student = build_model(cfg.student.name, cfg.student.options, k, shape, cfg.student.weights,
+                          cfg.student.init)
+    inputs = StepInputs(cfg, data, student, teaching.teacher, teaching.eval_teacher,
+                        build_losses(cfg.losses),
+                        lambda name, options: build_model(name, options, k, shape))
+    return (scheme or Scheme()).build_step(inputs)
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -172,6 +187,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     ``metrics.jsonl``, ``checkpoint.pt``, ``model.safetensors`` and ``summary.json`` (final
     validation and test metrics of the last epoch's model; the test set is used only here).
     """
+    if cfg.scheme is not None and build_scheme(cfg.scheme).sequence:
+        from kdforge.stages import run_sequence
+
+        return run_sequence(cfg, resume=resume, overwrite=overwrite, verbose=verbose)
     run = Run(cfg, resume=resume, overwrite=overwrite, verbose=verbose, callbacks=callbacks)
     for _ in run.epochs():
         pass
@@ -205,9 +224,15 @@ class Run:
                 )
             if env.is_main:
                 shutil.rmtree(self.run_dir)
+        self.scheme = build_scheme(cfg.scheme) if cfg.scheme is not None else None
+        if self.scheme is not None and self.scheme.sequence:
+            raise ConfigError(f"scheme {self.scheme.name!r} is a sequence of runs; run it with "
+                              "kdforge train CONFIG (api.train), not as one Run")
         self.data = data = build_data(cfg)
+        if self.scheme is not None:
+            self.data = data = self.scheme.adapt_data(cfg, data)
         teaching = build_teaching(cfg, data)
-        self.distiller = build_distiller(cfg, data, teaching)
+        self.distiller = build_distiller(cfg, data, teaching, self.scheme)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
@@ -249,6 +274,11 @@ class Run:
         test = trainer.evaluate_dataset(self.data.test)
         summary = summarize(self.cfg, trainer, trainer.history, test, self.train_time,
                             self.data.splits.input_shape)
+        if self.scheme is not None:
+            summary["scheme"] = {"name": self.scheme.name,
+                                 **self.scheme.report(self.cfg, trainer.train_step, trainer,
+                                                    self.data)}
+            summary["records"] = self.scheme.records(self.cfg, StageResult(self.run_dir, summary))
         if self.is_main:
             write_json(self.run_dir / SUMMARY_FILE, summary)
         return RunResult(self.run_dir, summary)
@@ -350,9 +380,11 @@ def registries() -> dict[str, Any]:
     from kdforge.losses.base import LOSSES
     from kdforge.models import MODELS
     from kdforge.models.runs import LAYER_TYPES
+    from kdforge.schemes import SCHEMES
 
     return {"models": MODELS, "losses": LOSSES, "datasets": DATASETS, "views": VIEWS,
-            "optimizers": OPTIMIZERS, "schedules": SCHEDULES, "layer-types": LAYER_TYPES}
+            "schemes": SCHEMES, "optimizers": OPTIMIZERS, "schedules": SCHEDULES,
+            "layer-types": LAYER_TYPES}
 
 
 def list_registered(kind: str) -> list[tuple[str, str, str]]:

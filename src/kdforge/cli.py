@@ -37,16 +37,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list_parser(sub) -> None:
     ls = sub.add_parser("list", help="print what is registered (models, losses, datasets, views, "
-                                     "optimizers, schedules, layer-types) or a model's layers")
-    ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "optimizers",
-                                     "schedules", "layer-types", "layers"])
+                                     "schemes, optimizers, schedules, layer-types) or a model's "
+                                     "layers")
+    ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "schemes",
+                                     "optimizers", "schedules", "layer-types", "layers"])
     ls.add_argument("model", nargs="?", help="with 'layers': the model whose layers to print")
     ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with 'layers': num_classes=N, input_shape=[C,H,W] or a model option")
 
 
 def _run_parsers(sub) -> None:
-    for name, text in (("train", "train a model (a teacher, or a student alone)"),
+    for name, text in (("train", "train a model (a teacher, a student alone, or a scheme: "
+                                 "kdforge list schemes)"),
                        ("distill", "distill a student from the config's teacher")):
         run = sub.add_parser(name, help=text)
         run.add_argument("config", nargs="?", help="YAML run config")
@@ -133,7 +135,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.command == "distill":
             api.require_teacher(cfg)
         result = api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet)
-    print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]}, indent=2))
+    if "records" in result.summary:  # a scheme: one record per stage, peer or exit
+        shown = ("variant", "student", "test_accuracy", "agreement", "run_dir")
+        records = [{k: r.get(k) for k in shown} for r in result.summary["records"]]
+        print(json.dumps({"run_dir": str(result.run_dir), "records": records}, indent=2))
+    else:
+        print(json.dumps({"run_dir": str(result.run_dir), "test": result.summary["test"]},
+                         indent=2))
     return 0
 
 

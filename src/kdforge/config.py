@@ -55,6 +55,25 @@ class DataConfig(_Named):
     batch_size: int = Field(128, gt=0, description="global training batch size")
     eval_batch_size: int = Field(512, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    classes: list[int] | None = Field(None, description="keep only these classes, relabelled "
+                                      "0..n-1 in this order (a task, a specialist's subset)")
+    rest: Literal["drop", "merge"] = Field("drop", description="with classes: drop the other "
+                                           "classes, or merge them into one extra class n")
+    rest_ratio: float | None = Field(None, gt=0.0, description="with rest=merge: keep at most "
+                                     "this many merged samples per kept sample")
+
+    @model_validator(mode="after")
+    def _class_subset(self) -> DataConfig:
+        if self.classes is not None:
+            if not self.classes or len(set(self.classes)) != len(self.classes) or min(
+                    self.classes) < 0:
+                raise ValueError(f"classes must be distinct class indices >= 0, got "
+                                 f"{self.classes}")
+        elif self.rest != "drop" or self.rest_ratio is not None:
+            raise ValueError("'rest' and 'rest_ratio' apply to a class subset: set 'classes'")
+        if self.rest_ratio is not None and self.rest != "merge":
+            raise ValueError("rest_ratio needs rest: merge")
+        return self
 
 
 class ModelConfig(_Named):
@@ -62,6 +81,9 @@ class ModelConfig(_Named):
 
     name: str
     weights: str | None = Field(None, description="local .safetensors or torch state dict")
+    init: str | None = Field(None, description="a run directory whose weights of matching "
+                             "name and shape initialise this model (a grown head keeps the "
+                             "old rows)")
 
 
 class TeacherConfig(_Named):
@@ -176,6 +198,14 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints (and last)")
 
 
+class SchemeConfig(_Named):
+    """``scheme:`` a registered scheme (``kdforge list schemes``) and its options: how the
+    networks of a run teach each other (mutual learning, exits, born-again generations,
+    assistant chains...)."""
+
+    name: str
+
+
 class RunConfig(_Strict):
     """A whole run: what to train, on what, from which teacher, with which losses."""
 
@@ -192,6 +222,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    scheme: SchemeConfig | None = Field(None, description="a scheme: kdforge list schemes")
 
     @property
     def teachers(self) -> list[TeacherConfig | StoreTeacherConfig]:
@@ -359,7 +390,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "": RunConfig, "data": DataConfig, "student": ModelConfig, "teacher": TeacherConfig,
     "store teacher": StoreTeacherConfig,
     "losses": LossConfig, "view": ViewConfig, "store": StoreOptions, "optim": OptimConfig,
-    "schedule": ScheduleConfig, "train": TrainConfig,
+    "schedule": ScheduleConfig, "train": TrainConfig, "scheme": SchemeConfig,
 }
 
 

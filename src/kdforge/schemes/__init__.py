@@ -1,0 +1,28 @@
+"""Schemes where networks teach each other, each from its paper (``kdforge list schemes``).
+
+One module per scheme; each registers itself in :data:`SCHEMES` on import. The contract is
+in :mod:`kdforge.schemes.base`.
+"""
+
+from kdforge.schemes.base import (
+    SCHEMES,
+    RunData,
+    Runner,
+    Scheme,
+    SchemeOptions,
+    StageResult,
+    StepInputs,
+    build_scheme,
+    derive,
+    record_of,
+    register,
+)
+
+# isort: off
+from kdforge.schemes import mutual as mutual  # noqa: E402  (registers dml)
+from kdforge.schemes import assistants as assistants  # noqa: E402  (registers takd)
+from kdforge.schemes import born_again as born_again  # noqa: E402  (registers ban)
+# isort: on
+
+__all__ = ["SCHEMES", "RunData", "Runner", "Scheme", "SchemeOptions", "StageResult",
+           "StepInputs", "build_scheme", "derive", "record_of", "register"]
