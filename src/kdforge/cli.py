@@ -85,6 +85,15 @@ def _bench_parsers(sub) -> None:
     store.add_argument("--results", default="benchmarks/results", help="where results go")
     store.add_argument("--epochs", type=int, help="override the students' epochs (smoke runs)")
 
+    schemes = bench_sub.add_parser("schemes", help="every scheme against the student alone and "
+                                   "plain KD, over seeds")
+    schemes.add_argument("--spec", default="benchmarks/schemes.yaml", help="experiment definition")
+    schemes.add_argument("--results", default="benchmarks/results", help="where results go")
+    schemes.add_argument("--schemes", help="comma-separated subset of the spec's entries")
+    schemes.add_argument("--seeds", type=int, help="use only the first N seeds")
+    schemes.add_argument("--epochs", type=int, help="override every run's epochs (smoke runs)")
+    schemes.add_argument("--verbose", action="store_true", help="show each run's progress")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -179,6 +188,15 @@ def _bench_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_schemes(args: argparse.Namespace) -> int:
+    from kdforge.jobs.bench_schemes import run_schemes_bench
+
+    run_schemes_bench(args.spec, results=args.results, schemes=_names(args.schemes),
+                      seeds=args.seeds, epochs=args.epochs, verbose=args.verbose)
+    print(f"results: {args.results}/schemes.md, {args.results}/schemes.json")
+    return 0
+
+
 def _bench_grid(args: argparse.Namespace) -> int:
     from kdforge.jobs.bench_grid import run_grid
 
@@ -198,7 +216,7 @@ def _demo(args: argparse.Namespace) -> int:
 #: command (``bench NAME`` for benchmarks) -> what runs it
 _COMMANDS = {"list": _list, "train": _train, "distill": _train, "soft-labels": _soft_labels,
              "evaluate": _evaluate, "bench grid": _bench_grid, "bench recipes": _bench_recipes,
-             "bench store": _bench_store, "demo": _demo}
+             "bench store": _bench_store, "bench schemes": _bench_schemes, "demo": _demo}
 
 
 def _names(value: str | None) -> list[str] | None:

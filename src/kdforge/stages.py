@@ -22,7 +22,7 @@ from kdforge.core.errors import ConfigError
 from kdforge.core.files import write_json
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import CHECKPOINT
-from kdforge.schemes import RunData, StageResult, build_scheme
+from kdforge.schemes import RunData, StageResult, build_scheme, record_of
 
 SCHEME_FILE = "scheme.json"
 
@@ -81,6 +81,17 @@ def run_sequence(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     return api.RunResult(root, summary)
 
 
+def scheme_records(cfg: RunConfig, *, verbose: bool = True) -> list[dict[str, Any]]:
+    """The records of ``cfg``'s scheme (a plain run counts as one record), training only
+    what has not finished: a benchmark calls this again after an interruption for free."""
+    if cfg.scheme is not None and build_scheme(cfg.scheme).sequence:
+        return run_sequence(cfg, resume=True, verbose=verbose).summary["records"]
+    result = StageRunner(Path(cfg.output_dir), verbose=verbose).stage(cfg)
+    if "records" in result.summary:
+        return result.summary["records"]
+    return [record_of(result, cfg.student.name, cfg.student.options)]
+
+
 def load_scheme_result(root: str | Path) -> dict[str, Any]:
     path = Path(root) / SCHEME_FILE
     if not path.is_file():
@@ -88,4 +99,5 @@ def load_scheme_result(root: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["SCHEME_FILE", "StageRunner", "load_scheme_result", "run_sequence"]
+__all__ = ["SCHEME_FILE", "StageRunner", "load_scheme_result", "run_sequence",
+           "scheme_records"]

@@ -47,7 +47,7 @@ class ModuleTeacher(NetworkTeacher):
             )
         self.precision = precision
         self.model.requires_grad_(False)
-        self.model.eval()
+        self.eval()  # the wrapper too: a frozen teacher reports eval mode from the start
 
     def forward(self, inputs: Tensor, batch: Batch | None = None) -> Outputs:
         with torch.set_grad_enabled(self.gradients == "input" and torch.is_grad_enabled()):
