@@ -71,10 +71,17 @@ def run_sequence(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
                 f"--resume {root}, choose another name (--set name=...), or --overwrite")
     if overwrite and root.exists() and main:
         shutil.rmtree(root)
+    scheme.check(cfg)  # before anything is written: a refused config leaves no directory
+    fresh = not root.exists()
     if main:
         root.mkdir(parents=True, exist_ok=True)
         stored.write_text(cfg.to_yaml())
-    records = scheme.run(cfg, StageRunner(root, verbose=verbose))
+    try:
+        records = scheme.run(cfg, StageRunner(root, verbose=verbose))
+    except ConfigError:
+        if fresh and main and [p.name for p in root.iterdir()] == [api.CONFIG_FILE]:
+            shutil.rmtree(root)  # refused before its first stage: leave nothing behind
+        raise
     summary: dict[str, Any] = {"name": cfg.name, "scheme": scheme.name, "records": records}
     if main:
         write_json(root / SCHEME_FILE, summary)

@@ -161,3 +161,10 @@ def test_list_schemes_names_each_paper(capsys):
     for name, paper in (("ban", "Furlanello"), ("dml", "Zhang"), ("takd", "Mirzadeh")):
         line = next(x for x in out.splitlines() if x.startswith(name + " "))
         assert paper in line
+
+
+def test_a_refused_sequence_leaves_no_directory(tmp_path):
+    cfg = parse_config(synthetic_config(tmp_path, name="bad", scheme={"name": "ban"}))
+    with pytest.raises(ConfigError, match="distillation term"):
+        api.train(cfg, verbose=False)
+    assert not (tmp_path / "runs" / "bad").exists()

@@ -55,10 +55,14 @@ class TeacherAssistant(Scheme):
     Options = AssistantOptions
     sequence = True
 
-    def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
+    def check(self, cfg: RunConfig) -> None:
         require(len(self.options.assistants) >= 1,
                 "takd needs at least one assistant under scheme.assistants (a chain with no "
                 "assistant is plain KD)")
+        teacher_run(cfg, "takd")
+
+    def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
+        self.check(cfg)
         teacher = teacher_run(cfg, "takd")
         original = TeacherConfig(run=teacher)
         records, previous = [], teacher

@@ -153,6 +153,10 @@ class Scheme:
         return {}
 
     # -- the command --------------------------------------------------------------------------
+    def check(self, cfg: RunConfig) -> None:
+        """Refuse a config this scheme cannot run, before any directory is written (a
+        sequence scheme checks here what its stages need; the default accepts)."""
+
     def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
         """Run the scheme (default: the one run of ``cfg``); return its records."""
         result = runner.stage(cfg)

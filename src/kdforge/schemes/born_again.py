@@ -41,12 +41,15 @@ class BornAgain(Scheme):
     Options = BornAgainOptions
     sequence = True
 
-    def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
+    def check(self, cfg: RunConfig) -> None:
         require(cfg.teacher is None, "ban trains its own first generation; remove the "
                                      "'teacher' section")
         require(any(loss.name != "ce" for loss in cfg.losses),
                 "ban's later generations learn from their teacher: give 'losses' a "
                 "distillation term, e.g. {name: kd, T: 1}")
+
+    def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
+        self.check(cfg)
         first = [loss.model_dump(mode="json", exclude_none=True)
                  for loss in self.options.first_losses]
         records, dirs = [], []
