@@ -11,6 +11,7 @@ from kdforge.losses.base import (
     register_loss,
 )
 from kdforge.losses.contrastive import *  # noqa: F403  (registers the terms)
+from kdforge.losses.ensemble import *  # noqa: F403  (registers aekd)
 from kdforge.losses.feature import *  # noqa: F403
 from kdforge.losses.relation import *  # noqa: F403
 from kdforge.losses.response import *  # noqa: F403

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +14,23 @@ from kdforge.teachers.base import Teacher
 from kdforge.teachers.module import ModuleTeacher
 
 COMBINE_RULES = ("mean_probs", "mean_logits")
+
+
+@dataclass
+class EnsembleOutputs(Outputs):
+    """An ensemble's :class:`Outputs`, with every member's logits beside the combined ones.
+
+    Attributes:
+        member_logits: ``(M, B, K)`` float32, member ``m``'s logits in row ``m`` (what terms
+            that weigh the teachers separately read, e.g. ``aekd``); ``None`` if unknown.
+    """
+
+    member_logits: Tensor | None = None
+
+    def detach(self) -> EnsembleOutputs:
+        plain = super().detach()
+        members = None if self.member_logits is None else self.member_logits.detach()
+        return EnsembleOutputs(plain.logits, plain.features, plain.probs, members)
 
 
 class EnsembleTeacher(Teacher):
@@ -26,17 +44,25 @@ class EnsembleTeacher(Teacher):
       members' probabilities, sharpened or softened afterwards.
     - ``"mean_logits"``: ``z = sum_i w_i z_i`` (Anil et al. 2018 use logit averaging).
 
-    Features of member ``i`` are requested as ``"i:layer"`` and returned under that name.
+    The returned :class:`EnsembleOutputs` also carry every member's logits
+    (``member_logits``, ``(M, B, K)``), for terms that weigh the teachers themselves.
+
+    Features of member ``i`` are requested as ``"i:layer"`` and returned under that name;
+    with ``names``, a member may also be named, ``"name:layer"`` (returned under that name,
+    and under its index as well),
+    so that a feature or relation term can be taken against one chosen teacher.
 
     Args:
         teachers: the members, ``Teacher`` objects or plain modules (wrapped in
             ``ModuleTeacher``).
         combine: ``"mean_probs"`` or ``"mean_logits"``.
         weights: optional non-negative weight per member (default: equal).
+        names: optional unique name per member (no ``:``, not a number).
     """
 
     def __init__(self, teachers: Sequence[nn.Module], combine: str = "mean_probs",
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None) -> None:
         super().__init__()
         if not teachers:
             raise ConfigError("an ensemble needs at least one teacher")
@@ -49,6 +75,7 @@ class EnsembleTeacher(Teacher):
                 f"ensemble weights must be {len(teachers)} non-negative numbers with a positive "
                 f"sum, got {list(weights)}"
             )
+        self.names = _check_names(names, len(teachers))
         self.members = nn.ModuleList(
             t if isinstance(t, Teacher) else ModuleTeacher(t) for t in teachers
         )
@@ -56,21 +83,39 @@ class EnsembleTeacher(Teacher):
         total = float(sum(weights))
         self.register_buffer("weights", torch.tensor([w / total for w in weights]),
                              persistent=False)
+        #: features requested by member name: returned name -> (member index, layer)
+        self._named: dict[str, tuple[int, str]] = {}
+
+    def member_index(self, key: str) -> int:
+        """The index of the member ``key`` names (its index or its name)."""
+        if key.isdigit() and int(key) < len(self.members):
+            return int(key)
+        if key in self.names:
+            return self.names.index(key)
+        named = f", or a member name: {', '.join(self.names)}" if self.names else ""
+        raise ConfigError(
+            f"the ensemble has no member {key!r}: name a member by its index "
+            f"0..{len(self.members) - 1}{named}"
+        )
 
     def require_features(self, names: Iterable[str]) -> None:
         per_member: dict[int, list[str]] = {}
         for name in names:
-            index, sep, layer = name.partition(":")
-            if not sep or not index.isdigit() or int(index) >= len(self.members):
+            key, sep, layer = name.partition(":")
+            if not sep or not key or not layer:
+                named = f" or a member name ({', '.join(self.names)})" if self.names else ""
                 raise ConfigError(
                     f"ensemble feature {name!r} must be 'i:layer' with member i in "
-                    f"0..{len(self.members) - 1}, e.g. '0:layer3'"
+                    f"0..{len(self.members) - 1}{named}, e.g. '0:layer3'"
                 )
-            per_member.setdefault(int(index), []).append(layer)
+            index = self.member_index(key)
+            if not key.isdigit():
+                self._named[name] = (index, layer)
+            per_member.setdefault(index, []).append(layer)
         for index, layers in per_member.items():
             self.members[index].require_features(layers)
 
-    def forward(self, inputs: Tensor, batch: Batch | None = None) -> Outputs:
+    def forward(self, inputs: Tensor, batch: Batch | None = None) -> EnsembleOutputs:
         outs = [member(inputs, batch) for member in self.members]
         shapes = {tuple(o.logits.shape) for o in outs}
         if len(shapes) != 1:
@@ -87,7 +132,22 @@ class EnsembleTeacher(Teacher):
             log_w = torch.log(w.clamp_min(1e-30))
             combined = torch.logsumexp(log_w + torch.log_softmax(logits, dim=-1), dim=0)
         features = {f"{i}:{k}": v for i, o in enumerate(outs) for k, v in o.features.items()}
-        return Outputs(combined, features)
+        features.update({name: outs[i].features[layer]
+                         for name, (i, layer) in self._named.items()})
+        return EnsembleOutputs(combined, features, member_logits=logits)
 
 
-__all__ = ["COMBINE_RULES", "EnsembleTeacher"]
+def _check_names(names: Sequence[str] | None, count: int) -> list[str]:
+    if names is None:
+        return []
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n or ":" in n or n.isdigit()]
+    if len(names) != count or len(set(names)) != len(names) or bad:
+        raise ConfigError(
+            f"ensemble member names must be {count} distinct words without ':' that are not "
+            f"numbers (numbers are the members' indices), got {names}"
+        )
+    return names
+
+
+__all__ = ["COMBINE_RULES", "EnsembleOutputs", "EnsembleTeacher"]
