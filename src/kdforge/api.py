@@ -338,6 +338,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     cfg = load_config(run_dir / CONFIG_FILE)
     data = build_data(cfg)
+    if cfg.scheme is not None:  # the data as the run saw it (cross_modal: its modality)
+        data = build_scheme(cfg.scheme).adapt_data(cfg, data)
     dataset = data.test if split == "test" else data.val
     if dataset is None:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")

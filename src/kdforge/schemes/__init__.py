@@ -25,6 +25,7 @@ from kdforge.schemes import born_again as born_again  # noqa: E402  (registers b
 from kdforge.schemes import ensembles as ensembles  # noqa: E402  (registers aekd)
 from kdforge.schemes import lwf as lwf  # noqa: E402  (registers lwf, lwf-stage)
 from kdforge.schemes import exits as exits  # noqa: E402  (registers byot)
+from kdforge.schemes import cross_modal as cross_modal  # noqa: E402  (registers cross_modal)
 # isort: on
 
 __all__ = ["SCHEMES", "RunData", "Runner", "Scheme", "SchemeOptions", "StageResult",
