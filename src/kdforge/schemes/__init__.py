@@ -22,6 +22,7 @@ from kdforge.schemes.base import (
 from kdforge.schemes import mutual as mutual  # noqa: E402  (registers dml)
 from kdforge.schemes import assistants as assistants  # noqa: E402  (registers takd)
 from kdforge.schemes import born_again as born_again  # noqa: E402  (registers ban)
+from kdforge.schemes import specialists as specialists  # noqa: E402  (registers specialists)
 from kdforge.schemes import ensembles as ensembles  # noqa: E402  (registers aekd)
 from kdforge.schemes import lwf as lwf  # noqa: E402  (registers lwf, lwf-stage)
 from kdforge.schemes import exits as exits  # noqa: E402  (registers byot)
