@@ -61,3 +61,24 @@ def synthetic_config(tmp_path, **sections) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+class Interrupt(Exception):
+    """Raised by :func:`train_until` to stop a run after an epoch, as a crash would."""
+
+
+def train_until(cfg, epoch: int, name: str = "cut"):
+    """Train a copy of ``cfg`` named ``name``, stopped after ``epoch`` epochs (its last
+    checkpoint kept); returns the copy's run directory, ready for ``api.resume``."""
+    from pathlib import Path
+
+    from kdforge import api
+
+    def stop(trainer, record):
+        if record["epoch"] == epoch:
+            raise Interrupt
+
+    cut = cfg.model_copy(update={"name": name})
+    with pytest.raises(Interrupt):
+        api.train(cut, verbose=False, callbacks=[stop])
+    return Path(cut.output_dir) / name

@@ -12,7 +12,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.losses.ensemble import AEKD
 from kdforge.losses.response import KD
 from kdforge.schemes import build_scheme
-from tests.conftest import synthetic_config
+from tests.conftest import synthetic_config, train_until
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +97,7 @@ def test_resume_after_an_interruption_gives_the_same_student(tmp_path, teachers)
                                    student={"name": "mlp", "hidden": [16], "dropout": 0.2}))
     full = api.train(cfg, verbose=False)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_one(trainer, record):
-        if record["epoch"] == 1:
-            raise Interrupt
-
-    cut = cfg.model_copy(update={"name": "cut"})
-    with pytest.raises(Interrupt):
-        api.train(cut, verbose=False, callbacks=[stop_after_one])
+    train_until(cfg, 1)
     run_dir = tmp_path / "runs" / "cut"
     assert not (run_dir / "model.safetensors").exists()
     resumed = api.resume(run_dir, verbose=False)

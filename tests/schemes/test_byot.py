@@ -18,7 +18,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models import count_parameters, create_model
 from kdforge.schemes.exit_heads import parameters_run
 from kdforge.schemes.exits import SelfDistillStep, byot_losses
-from tests.conftest import synthetic_config
+from tests.conftest import synthetic_config, train_until
 
 SHAPE = (1, 16)  # cnn1d: 16 -> 8 -> 4 -> 2 positions; the deepest feature fc@input has 4 * 2
 EXITS = ["blocks.0", "blocks.1"]
@@ -171,16 +171,7 @@ def test_resume_after_an_interruption_gives_the_same_result(tmp_path):
     cfg = parse_config(byot_cfg(tmp_path, train={"epochs": 4}))
     full = api.train(cfg, verbose=False)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_two(trainer, record):
-        if record["epoch"] == 2:
-            raise Interrupt
-
-    cut = cfg.model_copy(update={"name": "cut"})
-    with pytest.raises(Interrupt):
-        api.train(cut, verbose=False, callbacks=[stop_after_two])
+    train_until(cfg, 2)
     run_dir = tmp_path / "runs" / "cut"
     assert not (run_dir / "model-exits.safetensors").exists()
     resumed = api.resume(run_dir, verbose=False)

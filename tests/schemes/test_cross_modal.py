@@ -18,7 +18,7 @@ from kdforge.distill.distiller import Distiller
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.losses.response import CE, KD
 from kdforge.models.runs import load_run_model, read_model_description
-from tests.conftest import synthetic_config
+from tests.conftest import synthetic_config, train_until
 
 
 @pytest.fixture(scope="module")
@@ -262,16 +262,7 @@ def test_cross_modal_resumes_to_the_same_weights_and_records(tmp_path, teacher_r
                        student={"name": "mlp", "hidden": [16], "dropout": 0.2})
     full = api.train(cfg, verbose=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop(trainer, record):
-        if record["epoch"] == 2:
-            raise Stop
-
-    cut = cfg.model_copy(update={"name": "cut"})
-    with pytest.raises(Stop):
-        api.train(cut, verbose=False, callbacks=[stop])
+    train_until(cfg, 2)
     resumed = api.resume(tmp_path / "runs" / "cut", verbose=False)
     one = load_checkpoint(full.run_dir / "checkpoint.safetensors")["modules"]["student"]
     two = load_checkpoint(resumed.run_dir / "checkpoint.safetensors")["modules"]["student"]

@@ -18,7 +18,7 @@ from kdforge.core.outputs import Batch
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models.runs import load_run_model
 from kdforge.schemes.mutual import MutualStep, mutual_losses
-from tests.conftest import synthetic_config
+from tests.conftest import synthetic_config, train_until
 from tests.engine.test_distributed import free_port
 
 
@@ -103,16 +103,7 @@ def test_dml_resumes_to_the_same_weights(tmp_path):
     cfg = parse_config(dml_config(tmp_path, train={"epochs": 3}))
     full = api.train(cfg, verbose=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop(trainer, record):
-        if record["epoch"] == 1:
-            raise Stop
-
-    cut = cfg.model_copy(update={"name": "cut"})
-    with pytest.raises(Stop):
-        api.train(cut, verbose=False, callbacks=[stop])
+    train_until(cfg, 1)
     resumed = api.resume(tmp_path / "runs" / "cut", verbose=False)
     one = load_checkpoint(full.run_dir / "checkpoint.safetensors")["modules"]
     two = load_checkpoint(resumed.run_dir / "checkpoint.safetensors")["modules"]
