@@ -33,8 +33,8 @@ def init_from_run(model: nn.Module, run_dir: str | os.PathLike) -> InitReport:
     """Copy the trained weights of ``run_dir`` into ``model`` where they fit (in place).
 
     Raises:
-        CheckpointError: ``run_dir`` holds no trained model, or no tensor fits at all
-            (another architecture).
+        CheckpointError: ``run_dir`` holds no trained model, or more than half of the
+            model's tensors find nothing that fits (another architecture).
     """
     from safetensors.torch import load_file
 
@@ -56,11 +56,12 @@ def init_from_run(model: nn.Module, run_dir: str | os.PathLike) -> InitReport:
                 report.rows.append(name)
             else:
                 report.skipped.append(name)
-    if not report.copied:
+    if len(report.skipped) > len(state) // 2:
         raise CheckpointError(
-            f"no weight of run {str(run_dir)!r} fits this model (names or shapes differ "
-            "everywhere); 'init' starts a model from a run of the same architecture"
-        )
+            f"no weight of run {str(run_dir)!r} fits most of this model ({len(report.skipped)} "
+            f"of {len(state)} tensors differ in name or shape, e.g. "
+            f"{', '.join(report.skipped[:3])}); 'init' starts a model from a run of the "
+            "same architecture")
     return report
 
 
