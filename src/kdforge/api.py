@@ -377,6 +377,7 @@ def require_teacher(cfg: RunConfig) -> None:
 def registries() -> dict[str, Any]:
     """Everything a config names, by kind (what ``kdforge list KIND`` prints)."""
     from kdforge.data.datasets import DATASETS
+    from kdforge.data.modalities import MODALITIES
     from kdforge.data.views import VIEWS
     from kdforge.engine.optim import OPTIMIZERS, SCHEDULES
     from kdforge.losses.base import LOSSES
@@ -385,8 +386,8 @@ def registries() -> dict[str, Any]:
     from kdforge.schemes import SCHEMES
 
     return {"models": MODELS, "losses": LOSSES, "datasets": DATASETS, "views": VIEWS,
-            "schemes": SCHEMES, "optimizers": OPTIMIZERS, "schedules": SCHEDULES,
-            "layer-types": LAYER_TYPES}
+            "schemes": SCHEMES, "modalities": MODALITIES, "optimizers": OPTIMIZERS,
+            "schedules": SCHEDULES, "layer-types": LAYER_TYPES}
 
 
 def list_registered(kind: str) -> list[tuple[str, str, str]]:

@@ -37,10 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list_parser(sub) -> None:
     ls = sub.add_parser("list", help="print what is registered (models, losses, datasets, views, "
-                                     "schemes, optimizers, schedules, layer-types) or a model's "
-                                     "layers")
+                                     "schemes, modalities, optimizers, schedules, layer-types) or a "
+                                     "model's layers")
     ls.add_argument("kind", choices=["models", "losses", "datasets", "views", "schemes",
-                                     "optimizers", "schedules", "layer-types", "layers"])
+                                     "modalities", "optimizers", "schedules", "layer-types",
+                                     "layers"])
     ls.add_argument("model", nargs="?", help="with 'layers': the model whose layers to print")
     ls.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with 'layers': num_classes=N, input_shape=[C,H,W] or a model option")
