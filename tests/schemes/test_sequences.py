@@ -168,3 +168,13 @@ def test_a_refused_sequence_leaves_no_directory(tmp_path):
     with pytest.raises(ConfigError, match="distillation term"):
         api.train(cfg, verbose=False)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_resume_of_a_sequence_directory_continues_it(tmp_path, monkeypatch):
+    spy = CountingTrain(monkeypatch, interrupt="gen-2")
+    cfg = ban_config(tmp_path, generations=2, train={"epochs": 2})
+    with pytest.raises(CountingTrain.Stop):
+        stages.run_sequence(cfg, verbose=False)
+    result = api.resume(tmp_path / "runs" / "ban", verbose=False)  # kdforge train --resume
+    assert spy.calls[2:] == [("ban", True), ("gen-2", True)]  # gen-1 read back
+    assert [r["variant"] for r in result.summary["records"]] == ["gen-1", "gen-2", "ensemble"]
