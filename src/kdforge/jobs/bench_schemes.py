@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import Field
 
-from kdforge.config import LossConfig, RunConfig, load_config, parse_config
+from kdforge.config import LossConfig, RunConfig, apply_override, load_config, parse_config
 from kdforge.jobs.results import stat, write_results
 from kdforge.jobs.specs import Section, read_spec
 from kdforge.schemes import derive
 from kdforge.stages import scheme_records
 
 #: Record fields that are averaged over seeds besides the accuracy (when numbers).
-SKIPPED = {"variant", "student", "student_options", "run_dir", "test_accuracy"}
+SKIPPED = {"variant", "student", "student_options", "run_dir", "test_accuracy", "compare"}
 
 
 class TeacherSpec(Section):
@@ -44,6 +44,8 @@ class SchemeSpec(Section):
     kd: bool = Field(True, description="plain KD from the first teacher (if any)")
     keep_scheme: bool = Field(False, description="baselines keep the scheme section "
                               "(its data adaptation: cross-modal inputs)")
+    baseline_set: list[str] = Field(default_factory=list, description="overrides of the "
+                                    "baselines' configs (key=value)")
 
 
 class SchemesBench(Section):
@@ -131,9 +133,11 @@ def _scheme_config(entry: SchemeSpec, name: str, seed: int, teachers: dict[str, 
 def _baseline(cfg: RunConfig, record: dict[str, Any], teacher: str | None,
               spec: SchemesBench, entry: SchemeSpec) -> RunConfig | None:
     """The student of ``record`` trained alone (``teacher`` None) or by plain KD, at the
-    scheme's budget; ``None`` where the record's student is not one registered model."""
+    scheme's budget; ``None`` where the record's student is not one registered model, or
+    the record says ``compare: False`` (a part that is not trained at that budget: the
+    specialists' generalist, a specialist on its subset)."""
     student = record.get("student")
-    if not student or "+" in str(student):
+    if not student or "+" in str(student) or record.get("compare") is False:
         return None
     section = {"name": student, **(record.get("student_options") or {})}
     losses = [loss.model_dump(mode="json", exclude_none=True)
@@ -143,11 +147,14 @@ def _baseline(cfg: RunConfig, record: dict[str, Any], teacher: str | None,
     if entry.keep_scheme and cfg.scheme is not None:
         changes["scheme"] = cfg.scheme
     probe = derive(cfg, "probe", **changes).to_dict()
+    for item in entry.baseline_set:
+        apply_override(probe, item)
     probe.pop("name")
     digest = hashlib.sha1(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:8]
     kind = "kd" if teacher else "alone"
-    return derive(cfg, f"{kind}-{student}-{digest}", **changes).model_copy(
-        update={"output_dir": str(Path(cfg.output_dir) / "baselines")})
+    probe.update(name=f"{kind}-{student}-{digest}",
+                 output_dir=str(Path(cfg.output_dir) / "baselines"))
+    return parse_config(probe)
 
 
 def _accuracy(cfg: RunConfig | None, verbose: bool) -> float | None:
@@ -178,6 +185,12 @@ def _row(name: str, cfg: RunConfig, variant: Any, records: list[dict[str, Any]],
     return row
 
 
+#: The columns of the main table (every row has them).
+STANDARD = {"scheme", "entry", "variant", "dataset", "student", "seeds", "test_accuracy",
+            "test_accuracy_std", "baseline_accuracy", "kd_accuracy", "agreement",
+            "train_seconds"}
+
+
 def _fmt(value: Any, decimals: int = 1) -> str:
     return "-" if value is None else f"{value:.{decimals}f}"
 
@@ -196,7 +209,22 @@ def schemes_markdown(out: dict[str, Any]) -> str:
                      f"{r['student']} | {acc} | {_fmt(r['baseline_accuracy'])} | "
                      f"{_fmt(r['kd_accuracy'])} | {_fmt(r['agreement'])} | "
                      f"{_fmt(r['train_seconds'], 0)} |")
+    details = [_details(r) for r in out["runs"]]
+    if any(details):
+        lines += ["", "Scheme-specific fields (means over seeds):", ""]
+        lines += [d for d in details if d]
     return "\n".join(lines) + "\n"
+
+
+def _details(row: dict[str, Any]) -> str:
+    """``- scheme variant: key value, ...`` for a row's own fields (old-task accuracy,
+    parameters and latency of an exit, teacher weights), or ``""``."""
+    own = {k: v for k, v in row.items() if k not in STANDARD and v is not None}
+    if not own:
+        return ""
+    shown = ", ".join(f"{k} {_fmt(v, 3 if abs(v) < 1 else 1)}" if isinstance(v, float)
+                      else f"{k} {v}" for k, v in own.items())
+    return f"- {row['scheme']} {row['variant'] or ''}: {shown}"
 
 
 __all__ = ["SchemesBench", "run_schemes_bench", "schemes_markdown"]

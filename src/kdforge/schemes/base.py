@@ -19,7 +19,9 @@ it finished, so re-running the command after an interruption continues where it 
 
 Every scheme returns *records*: flat dicts with at least ``variant``, ``student``,
 ``test_accuracy`` and ``agreement`` (percent) and ``train_seconds``, which the command
-writes to ``scheme.json`` and ``kdforge bench schemes`` averages over seeds.
+writes to ``scheme.json`` and ``kdforge bench schemes`` averages over seeds. A record with
+``compare: False`` (a part not trained at the scheme's budget, such as a given teacher) gets
+no student-alone or plain-KD baseline in the benchmark.
 """
 
 from __future__ import annotations

@@ -192,14 +192,15 @@ class Specialists(Scheme):
                     "student_options": {}, "test_accuracy": 100.0 * test["accuracy"],
                     "agreement": 100.0 * test["agreement"],
                     "train_seconds": sum(r.summary["train_time_s"] for r in results),
-                    "run_dir": str(runner.root), "classes": None},
+                    "run_dir": str(runner.root), "classes": None, "compare": False},
                    {"variant": "generalist", "student": meta["name"],
                     "student_options": meta.get("options", {}),
                     "test_accuracy": 100.0 * gen_test["accuracy"], "agreement": None,
                     "train_seconds": _train_seconds(generalist), "run_dir": generalist,
-                    "classes": None}]
+                    "classes": None, "compare": False}]
         records += [record_of(r, spec_name, spec_options, variant=f"specialist-{m + 1}",
-                              classes=clusters[m]) for m, r in enumerate(results)]
+                              classes=clusters[m], compare=False)
+                    for m, r in enumerate(results)]
         return records
 
     def _check(self, cfg: RunConfig, data: RunData, meta: dict[str, Any]) -> dict[str, Any]:
