@@ -17,6 +17,7 @@ from kdforge.models import create_model
 from kdforge.models.runs import load_run_model
 from kdforge.schemes import lwf
 from tests.conftest import synthetic_config
+from tests.schemes.spies import StageSpy
 
 HEAD = ("fc.weight", "fc.bias")  # mlp with one hidden layer: its classifier
 
@@ -26,36 +27,19 @@ def lwf_config(tmp_path, name="seq", **scheme):
                                          scheme={"name": "lwf", **scheme}))
 
 
-class Spy:
-    """Wraps ``api.train`` as the stage runner calls it: records each stage and can interrupt
-    one stage after its first epoch (as a crash would); counts recordings of Y_o."""
-
-    class Stop(Exception):
-        pass
+class Spy(StageSpy):
+    """The stage spy (the ``lwf`` sequence's own calls pass through), counting too how
+    often the old responses Y_o are recorded."""
 
     def __init__(self, monkeypatch, interrupt=None):
-        self.calls, self.recordings, self.interrupt = [], 0, interrupt
-        self.original, record = api.train, lwf.LwfStep.record
-        monkeypatch.setattr(stages.api, "train", self)
+        super().__init__(monkeypatch, interrupt, sequence="lwf")
+        self.recordings, record = 0, lwf.LwfStep.record
 
         def counted(step, batches):
             self.recordings += 1
             return record(step, batches)
 
         monkeypatch.setattr(lwf.LwfStep, "record", counted)
-
-    def __call__(self, cfg, **kw):
-        if cfg.scheme is not None and cfg.scheme.name == "lwf":  # the sequence itself
-            return self.original(cfg, **kw)
-        self.calls.append((cfg.name, kw.get("resume", False)))
-        if cfg.name == self.interrupt:
-            self.interrupt = None
-
-            def stop(trainer, record):
-                raise self.Stop
-
-            return self.original(cfg, callbacks=[stop], **kw)
-        return self.original(cfg, **kw)
 
 
 def test_loss_is_the_papers_distillation_cross_entropy_plus_new_task_ce():

@@ -10,6 +10,7 @@ from kdforge.config import parse_config
 from kdforge.core.errors import ConfigError
 from kdforge.teachers.module import ModuleTeacher
 from tests.conftest import synthetic_config
+from tests.schemes.spies import StageSpy
 
 KD = [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "T": 2}]
 
@@ -32,31 +33,6 @@ def ban_config(tmp_path, generations=3, **kw):
     return parse_config(synthetic_config(
         tmp_path, name="ban", losses=[{"name": "kd", "T": 1}],
         scheme={"name": "ban", "generations": generations}, **kw))
-
-
-class CountingTrain:
-    """Wraps ``api.train`` as the stage runner calls it: counts calls per stage and can
-    interrupt one stage after its first epoch (as a crash would)."""
-
-    class Stop(Exception):
-        pass
-
-    def __init__(self, monkeypatch, interrupt: str | None = None) -> None:
-        self.calls: list[tuple[str, bool]] = []
-        self.interrupt = interrupt
-        self.original = api.train
-        monkeypatch.setattr(stages.api, "train", self)
-
-    def __call__(self, cfg, **kw):
-        self.calls.append((cfg.name, kw.get("resume", False)))
-        if cfg.name == self.interrupt:
-            self.interrupt = None
-
-            def stop(trainer, record):
-                raise self.Stop
-
-            return self.original(cfg, callbacks=[stop], **kw)
-        return self.original(cfg, **kw)
 
 
 def test_takd_chains_teacher_assistant_student_and_keeps_every_stage(tmp_path, teacher_run):
@@ -90,9 +66,9 @@ def test_an_interrupted_chain_resumes_without_retraining_finished_stages(
         tmp_path, teacher_run, monkeypatch):
     full = api.train(takd_config(tmp_path, teacher_run, train={"epochs": 2}).model_copy(
         update={"name": "full"}), verbose=False)
-    spy = CountingTrain(monkeypatch, interrupt="student")
+    spy = StageSpy(monkeypatch, interrupt="student")
     cfg = takd_config(tmp_path, teacher_run, train={"epochs": 2})
-    with pytest.raises(CountingTrain.Stop):
+    with pytest.raises(StageSpy.Stop):
         stages.run_sequence(cfg, verbose=False)
     assert spy.calls == [("assistant-1", False), ("student", False)]
     result = stages.run_sequence(cfg, verbose=False)  # the same command again
@@ -171,9 +147,9 @@ def test_a_refused_sequence_leaves_no_directory(tmp_path):
 
 
 def test_resume_of_a_sequence_directory_continues_it(tmp_path, monkeypatch):
-    spy = CountingTrain(monkeypatch, interrupt="gen-2")
+    spy = StageSpy(monkeypatch, interrupt="gen-2")
     cfg = ban_config(tmp_path, generations=2, train={"epochs": 2})
-    with pytest.raises(CountingTrain.Stop):
+    with pytest.raises(StageSpy.Stop):
         stages.run_sequence(cfg, verbose=False)
     result = api.resume(tmp_path / "runs" / "ban", verbose=False)  # kdforge train --resume
     assert spy.calls[2:] == [("ban", True), ("gen-2", True)]  # gen-1 read back
