@@ -232,6 +232,9 @@ class Run:
         if self.scheme is not None:
             self.data = data = self.scheme.adapt_data(cfg, data)
         teaching = build_teaching(cfg, data)
+        if self.scheme is not None:  # a generator instead of the training set (data-free)
+            teaching = replace(teaching, source=self.scheme.build_source(cfg, data,
+                                                                          teaching.source))
         self.distiller = build_distiller(cfg, data, teaching, self.scheme)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

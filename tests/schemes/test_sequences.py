@@ -154,3 +154,17 @@ def test_resume_of_a_sequence_directory_continues_it(tmp_path, monkeypatch):
     result = api.resume(tmp_path / "runs" / "ban", verbose=False)  # kdforge train --resume
     assert spy.calls[2:] == [("ban", True), ("gen-2", True)]  # gen-1 read back
     assert [r["variant"] for r in result.summary["records"]] == ["gen-1", "gen-2", "ensemble"]
+
+
+def test_training_inputs_forbidden_refuses_every_read_but_the_size():
+    from kdforge.core.errors import DataError
+    from kdforge.data.datasets import load_dataset
+    from kdforge.schemes.base import TrainingInputsForbidden
+
+    train = load_dataset("synthetic", num_classes=3, num_train=12, num_test=3).train
+    forbidden = TrainingInputsForbidden(train, "dfad")
+    assert len(forbidden) == 12 and forbidden.num_classes == 3
+    for read in (lambda: forbidden[0], lambda: forbidden.__getitems__([0, 1]),
+                 lambda: forbidden.subset([0]), lambda: forbidden.targets):
+        with pytest.raises(DataError, match="data-free"):
+            read()

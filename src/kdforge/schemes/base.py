@@ -36,8 +36,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdforge.config import RunConfig, SchemeConfig, parse_config, parse_section
-from kdforge.core.errors import ConfigError
+from kdforge.core.errors import ConfigError, DataError
 from kdforge.core.registry import Registry
+from kdforge.core.source import BatchSource
 from kdforge.core.step import TrainStep
 from kdforge.core.teacher import Teacher
 from kdforge.data.datasets import DataSplits
@@ -141,6 +142,13 @@ class Scheme:
         """The run's data as this scheme trains on it (default: unchanged)."""
         return data
 
+    def build_source(self, cfg: RunConfig, data: RunData, source: BatchSource) -> BatchSource:
+        """Where the run's training batches come from (default: ``source``, the training
+        set). A data-free scheme returns a generator source
+        (:class:`~kdforge.data.sources.GeneratorSource`) and wraps ``data.train`` in
+        :class:`TrainingInputsForbidden` in :meth:`adapt_data`, so any read raises."""
+        return source
+
     def build_step(self, inputs: StepInputs) -> TrainStep:
         """The step the trainer drives (default: the plain distiller)."""
         from kdforge.distill.distiller import Distiller
@@ -182,6 +190,34 @@ def record_of(result: StageResult, student: str, options: dict[str, Any],
             "agreement": 100.0 * test["agreement"] if "agreement" in test else None,
             "train_seconds": result.summary["train_time_s"], "run_dir": str(result.run_dir),
             **extra}
+
+
+class TrainingInputsForbidden:
+    """Stands in for the training set of a data-free run: its size and classes can be
+    read, any of its inputs cannot (``DataError``), so a test can prove that the run never
+    read a training input (``training_inputs_read`` is 0)."""
+
+    def __init__(self, dataset: Dataset, scheme: str) -> None:
+        self._n, self.scheme = len(dataset), scheme  # type: ignore[arg-type]
+        self.classes = list(getattr(dataset, "classes", []))
+        self.input_shape = getattr(dataset, "input_shape", None)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _refuse(self, *args: Any) -> Any:
+        raise DataError(f"scheme {self.scheme!r} is data-free: it must not read a training "
+                        "input (its batches come from its generator)")
+
+    __getitem__ = __getitems__ = subset = _refuse
+
+    @property
+    def targets(self) -> Any:
+        return self._refuse()
 
 
 def build_scheme(section: SchemeConfig) -> Scheme:
@@ -251,5 +287,5 @@ def evaluate_runs(run_dirs: list[Path], dataset: Dataset, *, num_classes: int,
 
 
 __all__ = ["SCHEMES", "RunData", "Runner", "Scheme", "SchemeOptions", "StageResult",
-           "StepInputs", "build_scheme", "derive", "evaluate_on", "evaluate_runs",
+           "StepInputs", "TrainingInputsForbidden", "build_scheme", "derive", "evaluate_on", "evaluate_runs",
            "record_of", "register", "require"]
