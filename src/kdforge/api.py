@@ -181,11 +181,14 @@ def run_dir_of(cfg: RunConfig) -> Path:
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
           verbose: bool = True, callbacks=()) -> RunResult:
-    """Train the run described by ``cfg`` (a teacher, a baseline or a distilled student).
+    """Train the run described by ``cfg`` (a teacher, a baseline, a distilled student, or a
+    scheme).
 
     Writes ``output_dir/name/``: ``config.yaml`` (resolved), ``model.json``,
-    ``metrics.jsonl``, ``checkpoint.pt``, ``model.safetensors`` and ``summary.json`` (final
-    validation and test metrics of the last epoch's model; the test set is used only here).
+    ``metrics.jsonl``, ``checkpoint.safetensors``, ``model.safetensors`` and ``summary.json``
+    (final validation and test metrics of the last epoch's model; the test set is used only
+    here). A sequence scheme writes one such directory per stage below it, plus
+    ``scheme.json`` (see :mod:`kdforge.stages`).
     """
     if cfg.scheme is not None and build_scheme(cfg.scheme).sequence:
         from kdforge.stages import run_sequence
