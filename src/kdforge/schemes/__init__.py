@@ -22,6 +22,7 @@ from kdforge.schemes.base import (
 from kdforge.schemes import mutual as mutual  # noqa: E402  (registers dml)
 from kdforge.schemes import assistants as assistants  # noqa: E402  (registers takd)
 from kdforge.schemes import born_again as born_again  # noqa: E402  (registers ban)
+from kdforge.schemes import deep_inversion as deep_inversion  # noqa: E402  (registers deepinversion)
 from kdforge.schemes import data_free as data_free  # noqa: E402  (registers dfad, dafl)
 from kdforge.schemes import meal as meal  # noqa: E402  (registers meal)
 from kdforge.schemes import specialists as specialists  # noqa: E402  (registers specialists)
