@@ -122,9 +122,10 @@ def test_competition_makes_inputs_the_teacher_and_student_disagree_on():
 
 # -- the scheme ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def bn_teacher_run(tmp_path):
-    cfg = synthetic_config(tmp_path, name="teacher", student={"name": "cnn2d",
+@pytest.fixture(scope="module")
+def bn_teacher_run(tmp_path_factory):
+    """A BatchNorm teacher trained once for this file's tests."""
+    cfg = synthetic_config(tmp_path_factory.mktemp("teacher"), name="teacher", student={"name": "cnn2d",
                                                                "channels": [8, 16]},
                            train={"epochs": 6}, optim={"name": "adam", "lr": 0.01})
     return api.train(parse_config(cfg), verbose=False).run_dir
