@@ -222,5 +222,5 @@ def test_bad_configs_are_refused_before_training(tmp_path, teacher_run, scheme, 
 def test_a_store_teacher_is_refused(tmp_path, teacher_run):
     data = synthetic_config(tmp_path, name="bad", scheme=SCHEMES["dafl"][0],
                             losses=SCHEMES["dafl"][1], teacher={"store": str(tmp_path / "s")})
-    with pytest.raises(ConfigError, match="soft-label store"):
+    with pytest.raises(ConfigError, match="needs one model teacher.*soft-label store"):
         api.Run(parse_config(data), verbose=False)
