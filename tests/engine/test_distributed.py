@@ -21,6 +21,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on 127.0.0.1, one
+    thread per process; asserts it exits 0 (showing its stderr if not)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path):
     base = synthetic_config(tmp_path, train={"epochs": 2},
@@ -30,12 +41,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
 
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump({**base, "name": "two"}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "kdforge.cli", "train", str(cfg_path), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("-m", "kdforge.cli", "train", str(cfg_path), "--quiet")
 
     def state(name):
         return load_checkpoint(tmp_path / "runs" / name / "checkpoint.safetensors")
@@ -58,13 +64,8 @@ def test_two_process_min_max_step_equals_one_process(tmp_path):
     from tests.engine.toy_steps import train_adversarial
 
     train_adversarial(str(tmp_path / "one"), epochs=2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "tests.engine.toy_steps", str(tmp_path / "two"), "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("-m", "tests.engine.toy_steps", str(tmp_path / "two"), "2",
+             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     for name in ("model.safetensors", "model-adversary.safetensors"):
         one, two = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
         for key, value in one.items():

@@ -1,8 +1,5 @@
 """Deep mutual learning (Zhang et al. 2018): the loss, gradient routing, runs, DDP."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +16,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.models.runs import load_run_model
 from kdforge.schemes.mutual import MutualStep, mutual_losses
 from tests.conftest import synthetic_config, train_until
-from tests.engine.test_distributed import free_port
+from tests.engine.test_distributed import torchrun
 
 
 def dml_config(tmp_path, name="dml", peers=None, **sections):
@@ -120,12 +117,7 @@ def test_dml_on_two_processes_equals_one_process(tmp_path):
     one = api.train(parse_config({**base, "name": "one"}), verbose=False)
     path = tmp_path / "dml.yaml"
     path.write_text(yaml.safe_dump({**base, "name": "two"}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "kdforge.cli", "train", str(path), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("-m", "kdforge.cli", "train", str(path), "--quiet")
     a = load_checkpoint(one.run_dir / "checkpoint.safetensors")["modules"]
     b = load_checkpoint(tmp_path / "runs" / "two" / "checkpoint.safetensors")["modules"]
     for name in ("student", "peer1"):

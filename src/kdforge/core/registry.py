@@ -46,6 +46,17 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def register_named(self, name: str, *, source: str = "") -> Callable[[T], T]:
+        """Class decorator: registers the class under ``name`` and sets its ``name``
+        attribute (schemes, modalities: classes that know their registered name)."""
+
+        def decorate(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            self.add(name, cls, source=source)
+            return cls
+
+        return decorate
+
     def add(self, name: str, obj: T, *, source: str = "", summary: str | None = None) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")

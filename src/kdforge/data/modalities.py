@@ -49,13 +49,7 @@ STREAM = 1 << 40
 
 def register_modality(name: str, *, source: str):
     """Class decorator registering a :class:`Modality` under ``name``."""
-
-    def decorate(cls: type[Modality]) -> type[Modality]:
-        cls.name = name
-        MODALITIES.add(name, cls, source=source)
-        return cls
-
-    return decorate
+    return MODALITIES.register_named(name, source=source)
 
 
 def sample_seed(seed: int, key: int) -> int:

@@ -227,13 +227,7 @@ def build_scheme(section: SchemeConfig) -> Scheme:
 
 def register(name: str, *, paper: str):
     """Class decorator registering a scheme under ``name`` with the paper it implements."""
-
-    def decorate(cls: type[Scheme]) -> type[Scheme]:
-        cls.name = name
-        SCHEMES.add(name, cls, source=paper)
-        return cls
-
-    return decorate
+    return SCHEMES.register_named(name, source=paper)
 
 
 def derive(cfg: RunConfig, name: str, **changes: Any) -> RunConfig:
