@@ -31,6 +31,8 @@ from kdforge.schemes import ensembles as ensembles  # noqa: E402  (registers aek
 from kdforge.schemes import lwf as lwf  # noqa: E402  (registers lwf, lwf-stage)
 from kdforge.schemes import exits as exits  # noqa: E402  (registers byot)
 from kdforge.schemes import cross_modal as cross_modal  # noqa: E402  (registers cross_modal)
+from kdforge.schemes import transfer_set as transfer_set  # noqa: E402  (registers transfer_set)
+from kdforge.schemes import nas as nas  # noqa: E402  (registers nas)
 # isort: on
 
 __all__ = ["SCHEMES", "RunData", "Runner", "Scheme", "SchemeOptions", "StageResult",
