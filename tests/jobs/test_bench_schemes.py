@@ -56,3 +56,14 @@ def test_bench_schemes_writes_flat_records_with_baselines_and_resumes(tmp_path, 
     again = run_schemes_bench(spec, results=tmp_path / "results")
     strip = [{k: v for k, v in r.items() if k != "train_seconds"} for r in again["runs"]]
     assert strip == [{k: v for k, v in r.items() if k != "train_seconds"} for r in out["runs"]]
+
+    # one entry rerun (--schemes takd) replaces its rows and keeps the others', in order
+    saved = json.loads((tmp_path / "results" / "schemes.json").read_text())
+    saved["runs"] = [dict(r, test_accuracy=-1.0) if r["entry"] == "takd" else r
+                     for r in saved["runs"]]
+    (tmp_path / "results" / "schemes.json").write_text(json.dumps(saved))
+    partial = run_schemes_bench(spec, results=tmp_path / "results", schemes=["takd"])
+    assert [(r["entry"], r["variant"]) for r in partial["runs"]] == [
+        (r["entry"], r["variant"]) for r in out["runs"]]
+    assert all(r["test_accuracy"] >= 0 for r in partial["runs"])
+    assert "| dml |" in (tmp_path / "results" / "schemes.md").read_text()

@@ -9,7 +9,8 @@ from kdforge.schemes import SCHEMES, build_scheme
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "schemes").glob("*.yaml"))
 #: Registered names that are parts of another scheme, run by it (not configs of their own).
-PARTS = {"lwf-stage": "lwf", "deepinversion-transfer": "deepinversion"}
+PARTS = {"lwf-stage": "lwf", "deepinversion-transfer": "deepinversion",
+         "transfer_set-stage": "transfer_set"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

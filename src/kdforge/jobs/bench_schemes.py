@@ -9,7 +9,8 @@ seed 0 and shared by every seed. Every run is resumable and a finished one is re
 so an interrupted benchmark continues where it stopped.
 
 Results: ``schemes.json`` (``{"runs": [...]}``, one flat record per scheme and variant:
-mean and spread over seeds) and ``schemes.md``.
+mean and spread over seeds) and ``schemes.md``. A run of some entries (``--schemes``)
+replaces their rows and keeps the others'.
 """
 
 from __future__ import annotations
@@ -78,10 +79,24 @@ def run_schemes_bench(spec_path: str | Path = "benchmarks/schemes.yaml", *,
     for name in chosen:
         rows += _entry(spec, name, teacher_dirs, work,
                        spec.seeds[:seeds] if seeds else spec.seeds, extra, verbose)
+    if schemes:
+        rows = _merged(Path(results) / "schemes.json", rows, list(spec.schemes))
     out = {"spec": str(spec_path), "seeds": len(spec.seeds[:seeds] if seeds else spec.seeds),
            "runs": rows}
     write_results(results, "schemes", out, schemes_markdown(out))
     return out
+
+
+def _merged(path: Path, rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """A run of some entries (``--schemes``) replaces their rows in the existing results
+    and keeps every other entry's, in the spec's order."""
+    fresh = {r["entry"] for r in rows}
+    kept = []
+    if path.is_file():
+        kept = [r for r in json.loads(path.read_text()).get("runs", [])
+                if r.get("entry") not in fresh and r.get("entry") in order]
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(kept + rows, key=lambda r: rank[r["entry"]])  # stable: variants keep order
 
 
 def _teacher(spec: SchemesBench, key: str, work: Path, extra: list[str], verbose: bool) -> str:
