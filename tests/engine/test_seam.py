@@ -220,3 +220,33 @@ def test_peer_teacher_follows_the_mode_and_detaches_its_outputs():
     assert not frozen.model.training
     live = PeerTeacher(nn.Linear(8, 4), detach=False)(torch.randn(2, 8))
     assert live.logits.requires_grad
+
+
+def test_a_group_with_every_k_runs_on_every_kth_batch_with_its_own_schedule_and_means():
+    data = vector_data()
+    seen: list[set[str]] = []
+    adversary_losses: list[float] = []
+
+    class Phases(Callback):
+        def on_step(self, trainer, record) -> None:
+            seen.append(set(record.results))
+            if "adversary" in record.results:
+                adversary_losses.append(float(record.results["adversary"].loss.detach()))
+
+    trainer = Trainer(AdversarialStep(every=2), data.train, num_classes=4, batch_size=32,
+                      train=TrainConfig(epochs=2, device="cpu"), verbose=False,
+                      callbacks=[Phases()])
+    trainer.fit()
+    per_epoch = trainer.steps_per_epoch
+    assert per_epoch == 3
+    # batches 0 and 2 of each epoch run both phases, batch 1 the student only
+    assert seen == [{"adversary", "student"}, {"student"}, {"adversary", "student"}] * 2
+    adam = trainer.updater.optimizer("adversary")
+    assert int(next(iter(adam.state.values()))["step"]) == 4
+    # its cosine spans its own 2 x 2 steps: it ends at 0, not at cos(pi 4/6)
+    assert trainer.history[-1]["lr/adversary"] == pytest.approx(0.0, abs=1e-12)
+    # the epoch's logged mean is over the batches its phase ran on (equal batch sizes)
+    assert trainer.history[0]["train/adversary/loss"] == pytest.approx(
+        sum(adversary_losses[:2]) / 2, rel=1e-5)
+    with pytest.raises(ConfigError, match="'every' must be an integer >= 1"):
+        AdversarialStep(every=0).optimizer_groups()

@@ -23,18 +23,19 @@ class AdversarialStep(TrainStep):
     """A toy min-max: an adversary perturbs the input to raise the student's loss, the
     student learns on the perturbed input. Two modules, two optimizers, phases in turn."""
 
-    def __init__(self, dim: int = 8, classes: int = 4, eps: float = 0.3) -> None:
+    def __init__(self, dim: int = 8, classes: int = 4, eps: float = 0.3, every: int = 1) -> None:
         super().__init__()
         self.student = nn.Sequential(nn.Linear(dim, 16), nn.ReLU(), nn.Linear(16, classes))
         self.adversary = nn.Linear(dim, dim)
-        self.eps = eps
+        self.eps, self.every = eps, every
 
     def trained_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "adversary": self.adversary}
 
     def optimizer_groups(self) -> list[OptimGroup]:
         return [OptimGroup("adversary", list(self.adversary.parameters()),
-                           optim={"name": "adam", "lr": 1e-2, "weight_decay": 0.0}),
+                           optim={"name": "adam", "lr": 1e-2, "weight_decay": 0.0},
+                           every=self.every),
                 OptimGroup("student", list(self.student.parameters()))]
 
     def step(self, batch: Batch, phase: str | None = None) -> StepResult:

@@ -229,3 +229,18 @@ def test_a_store_teacher_is_refused(tmp_path, teacher_run):
                             losses=SCHEMES["dafl"][1], teacher={"store": str(tmp_path / "s")})
     with pytest.raises(ConfigError, match="needs one model teacher.*soft-label store"):
         api.Run(parse_config(data), verbose=False)
+
+
+def test_dfad_takes_k_student_steps_per_generator_step(tmp_path, teacher_run):
+    """Fang et al.'s k: the generator's phase runs on every k-th batch (k = 5 by default)."""
+    run = api.Run(config(tmp_path, teacher_run, "dfad", epochs=1), verbose=False)
+    groups = {g.name: g.every for g in run.distiller.optimizer_groups()}
+    assert groups == {"generator": 5, "student": 1}
+    cfg = config(tmp_path, teacher_run, "dfad", name="k2", epochs=1)
+    data = cfg.to_dict()
+    data["scheme"]["student_steps"] = 2
+    cfg = parse_config(data)
+    trainer = api.Run(cfg, verbose=False).trainer
+    trainer.fit()
+    adam = trainer.updater.optimizer("generator")
+    assert int(next(iter(adam.state.values()))["step"]) == 2  # batches 0 and 2 of 3

@@ -36,15 +36,22 @@ class OptimGroup:
         optim: this group's optimizer settings (``{"name": "adam", "lr": 1e-3}`` or an
             ``OptimConfig``); ``None``: the run's ``optim`` section.
         schedule: this group's learning-rate schedule settings; ``None``: the run's.
+        every: the phase runs on every ``every``-th batch of an epoch (batches 0, every,
+            2 every, ...), e.g. one generator step per five student steps; its schedule
+            counts its own steps.
     """
 
     name: str
     params: list[nn.Parameter]
     optim: Any = None
     schedule: Any = None
+    every: int = 1
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.params if p.requires_grad]
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ConfigError(f"optimizer group {self.name!r}: 'every' must be an integer "
+                              f">= 1, got {self.every!r}")
 
 
 @dataclass

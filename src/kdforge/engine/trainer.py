@@ -142,6 +142,7 @@ class Trainer:
                 module.compile()
         groups = check_groups(step)
         self.phases = [group.name for group in groups]
+        self.every = {group.name: group.every for group in groups}
         self.updater = Updater(groups, optim=self.optim_cfg,
                                schedule=self.schedule_cfg, steps_per_epoch=self.steps_per_epoch,
                                epochs=self.cfg.epochs, device_type=self.device.type,
@@ -274,10 +275,12 @@ class Trainer:
             callback.on_epoch(self, record)
         return record
 
-    def _update(self, batch) -> dict[str, StepResult]:
-        """Every phase of one batch: the step's loss, then the updater's step."""
+    def _update(self, batch, index: int) -> dict[str, StepResult]:
+        """Every phase due at batch ``index``: the step's loss, then the updater's step."""
         results: dict[str, StepResult] = {}
         for phase in self.phases:
+            if index % self.every[phase]:
+                continue
             with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                 enabled=self.autocast_dtype is not None):
                 result = self.model(batch, phase=phase)
@@ -287,7 +290,7 @@ class Trainer:
 
     def _logged(self, results: dict[str, StepResult]) -> dict[str, Tensor]:
         """The values a step logs: ``loss`` and its parts; prefixed by phase if several."""
-        if len(results) == 1:
+        if len(self.phases) == 1:
             (result,) = results.values()
             return {"loss": result.loss, **result.parts}
         return {f"{phase}/{name}": value for phase, result in results.items()
@@ -298,19 +301,21 @@ class Trainer:
         seed_everything(seed)
         self.model.train()
         sums: dict[str, Tensor] = {}
+        counts: dict[str, Tensor] = {}  # samples behind each sum (a phase may skip batches)
         seen = torch.zeros((), device=self.device)
         progress.start_epoch(self.epoch)
         start = time.perf_counter()
         pending = 0
         for i, batch in enumerate(self.source.epoch(self.epoch, seed)):
             self.train_step.progress = self.epoch + i / self.steps_per_epoch
-            results = self._update(batch)
+            results = self._update(batch, i)
             self.global_step += 1
             n = batch.size
             seen += n
             for name, value in self._logged(results).items():
                 contribution = value.detach().float() * n
                 sums[name] = sums[name] + contribution if name in sums else contribution
+                counts[name] = counts.get(name, 0) + n
             if self._step_callbacks:
                 step_record = StepRecord(self.epoch, i, self.global_step, n, results)
                 for callback in self._step_callbacks:
@@ -319,11 +324,14 @@ class Trainer:
             if pending == self.cfg.log_every or i + 1 == self.steps_per_epoch:
                 self._check_finite(sums, i)
                 elapsed = time.perf_counter() - start
-                means = {k: float(v) / float(seen) for k, v in sums.items()}
+                means = {k: float(v) / counts[k] for k, v in sums.items()}
                 progress.update(pending, means, float(seen) / max(elapsed, 1e-9))
                 pending = 0
         elapsed = time.perf_counter() - start
-        totals = torch.stack([seen, *sums.values()])
+        names = list(sums)
+        totals = torch.stack([seen, *sums.values(),
+                              *(torch.tensor(float(counts[k]), device=self.device)
+                                for k in names)])
         distributed.all_reduce_sum(totals)
         count = float(totals[0])
         record: dict[str, Any] = {
@@ -334,8 +342,9 @@ class Trainer:
         }
         if len(self.phases) > 1:
             record.update({f"lr/{phase}": self.updater.lr(phase) for phase in self.phases})
-        for name, total in zip(sums, totals[1:], strict=True):
-            record[f"train/{name}"] = float(total) / count
+        k = len(names)
+        for name, total, samples in zip(names, totals[1:1 + k], totals[1 + k:], strict=True):
+            record[f"train/{name}"] = float(total) / float(samples)
         return record
 
     def _check_finite(self, sums: dict[str, Tensor], step: int) -> None:

@@ -57,7 +57,8 @@ class Updater:
             optim_cfg = as_optim_config(group.optim, optim)
             schedule_cfg = as_schedule_config(group.schedule, schedule)
             optimizer = build_optimizer(group.params, optim_cfg)
-            scheduler = build_scheduler(optimizer, schedule_cfg, steps_per_epoch=steps_per_epoch,
+            own_steps = -(-steps_per_epoch // group.every)  # the batches its phase runs on
+            scheduler = build_scheduler(optimizer, schedule_cfg, steps_per_epoch=own_steps,
                                         epochs=epochs, base_lr=optim_cfg.lr)
             scaler = torch.amp.GradScaler(device_type, enabled=fp16)
             self.groups[group.name] = _Group(group.name, group.params, optimizer, scheduler,

@@ -15,8 +15,8 @@ nor its BatchNorm statistics change.
     L_MAE(z) = 1/(B K) sum_b || T(G(z_b)) - S(G(z_b)) ||_1 ,
     G: max L_MAE  (loss -L_MAE),        S: min L_MAE on G(z) detached.
 
-The paper takes k = 5 student steps per generator step; here the phases alternate once
-per batch (k = 1), as the trainer runs each optimizer group once per batch.
+As in the paper, the student takes k steps per generator step (``student_steps``, paper
+k = 5): the generator's phase runs on every k-th batch, the student's on every batch.
 
 **DAFL** — Chen, Wang, Xu, Yang, Liu, Shi, Xu, Xu & Tian, "Data-Free Learning of Student
 Networks" (ICCV 2019). The teacher is a fixed discriminator; G minimises
@@ -98,17 +98,18 @@ class GeneratorStep(TrainStep):
     loss (:meth:`generator_loss`) and the student's (:meth:`student_loss`)."""
 
     def __init__(self, student: nn.Module, generator: nn.Module, teacher: ModuleTeacher,
-                 generator_optim: dict[str, Any]) -> None:
+                 generator_optim: dict[str, Any], *, student_steps: int = 1) -> None:
         super().__init__()
         self.student, self.generator, self.teacher = student, generator, teacher
         self.generator_optim = dict(generator_optim)
+        self.student_steps = int(student_steps)
 
     def trained_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "generator": self.generator}
 
     def optimizer_groups(self) -> list[OptimGroup]:
         return [OptimGroup("generator", list(self.generator.parameters()),
-                           optim=self.generator_optim),
+                           optim=self.generator_optim, every=self.student_steps),
                 OptimGroup("student", list(self.student.parameters()))]
 
     @property
@@ -204,6 +205,11 @@ class DataFreeOptions(SchemeOptions):
         description="the generator's optimizer (the student uses the run's 'optim')")
 
 
+class DFADOptions(DataFreeOptions):
+    student_steps: int = Field(5, ge=1, description="student steps per generator step "
+                               "(the paper's k)")
+
+
 class DAFLOptions(DataFreeOptions):
     alpha: float = Field(0.1, ge=0.0, description="weight of the activation loss L_a")
     beta: float = Field(5.0, ge=0.0, description="weight of the information entropy L_ie")
@@ -263,7 +269,8 @@ class DataFreeScheme(Scheme):
 class DFAD(DataFreeScheme):
     """DFAD: a generator and the student play min-max on the L1 distance of the logits."""
 
-    Options = DataFreeOptions
+    Options = DFADOptions
+    options: DFADOptions
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -272,7 +279,7 @@ class DFAD(DataFreeScheme):
 
     def make_step(self, inputs, teacher, generator):
         return DFADStep(inputs.student, generator, ModuleTeacher(teacher, gradients="input"),
-                        self.options.generator_optim)
+                        self.options.generator_optim, student_steps=self.options.student_steps)
 
 
 @register("dafl", paper="Chen et al. 2019, Data-Free Learning of Student Networks (ICCV)")
