@@ -162,6 +162,10 @@ def test_end_to_end_records_and_teacher_weights(tmp_path):
     assert record["variant"] == "supervised" and record["agreement"] is None
     assert set(load_checkpoint(base.run_dir / "checkpoint.safetensors")["modules"]) == {"student"}
 
+    ablation = api.train(parse_config(synthetic_config(
+        tmp_path, name="ablation", scheme={**MPL, "mpl_weight": 0.0})), verbose=False)
+    assert ablation.summary["records"][0]["variant"] == "no-feedback"
+
 
 def test_resume_gives_identical_weights(tmp_path):
     cfg = parse_config(synthetic_config(tmp_path, scheme=MPL, train={"epochs": 3}))

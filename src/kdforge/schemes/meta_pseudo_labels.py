@@ -353,7 +353,10 @@ class MetaPseudoLabels(Scheme):
         k = data.num_classes
         test = evaluate_on(trainer, step.eval_module(), data.test, num_classes=k,
                            teacher=step.eval_teacher)
-        record = {"variant": "supervised" if self.options.supervised_only else None,
+        o = self.options
+        variant = "supervised" if o.supervised_only else (
+            "no-feedback" if o.mpl_weight == 0 else None)
+        record = {"variant": variant,
                   "student": cfg.student.name, "student_options": cfg.student.options,
                   "test_accuracy": 100.0 * test["accuracy"],
                   "agreement": 100.0 * test["agreement"] if "agreement" in test else None,
