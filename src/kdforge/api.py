@@ -278,7 +278,8 @@ class Run:
                            num_classes=self.data.splits.num_classes,
                            input_shape=self.data.splits.input_shape)
         test = trainer.evaluate_dataset(self.data.test)
-        summary = summarize(self.cfg, trainer, trainer.history, test, self.train_time,
+        summary = summarize(self.cfg, trainer, trainer.history, test,
+                            self.train_time + trainer.resumed_seconds,
                             self.data.splits.input_shape)
         if self.scheme is not None:
             summary["scheme"] = {"name": self.scheme.name,

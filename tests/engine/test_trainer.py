@@ -239,3 +239,24 @@ def test_shampoo_optimizer_trains(tmp_path):
                .splitlines()]
     assert records[-1]["train/loss"] < records[0]["train/loss"]
     assert history["val"]["accuracy"] > 0.5
+
+
+def test_a_run_resumed_after_its_last_epoch_keeps_its_history_and_time(tmp_path):
+    """Interrupted between the last checkpoint and summary.json: the resume trains nothing,
+    and its summary still has the validation metrics and the epochs' training time."""
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_the_end(trainer, record):
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    cfg = parse_config(synthetic_config(tmp_path, name="late", train={"epochs": 2}))
+    with pytest.raises(Interrupt):
+        api.train(cfg, verbose=False, callbacks=[stop_at_the_end])
+    run_dir = tmp_path / "runs" / "late"
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed = api.resume(run_dir, verbose=False)
+    assert resumed.summary["val"]["accuracy"] == logged[-1]["val/accuracy"]
+    assert resumed.summary["train_time_s"] >= sum(r["epoch_time_s"] for r in logged) > 0

@@ -38,6 +38,12 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
 
+    def read(self) -> list[dict[str, Any]]:
+        """The records written so far (oldest first)."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
     def truncate_after(self, epoch: int) -> None:
         """Drop records past ``epoch`` (written after the checkpoint a resume starts from)."""
         if not self.path.exists():

@@ -104,6 +104,7 @@ class Trainer:
         if self.cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision fp16 needs CUDA; on the CPU use bf16 or fp32")
         self.history: list[dict[str, Any]] = []
+        self.resumed_seconds = 0.0  # training time of the epochs before a resumed checkpoint
         self.epoch = 0
         self.global_step = 0
 
@@ -235,8 +236,10 @@ class Trainer:
                 if self.run_dir is None:
                     raise CheckpointError("resume needs a run directory")
                 self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT))
-                if log is not None:
+                if log is not None:  # the epochs before the checkpoint, as logged
                     log.truncate_after(self.epoch)
+                    self.history = log.read()
+                    self.resumed_seconds = sum(r.get("epoch_time_s", 0.0) for r in self.history)
             elif log is not None and log.path.exists():
                 log.path.unlink()
         progress = ProgressReporter(self.verbose and self.env.is_main, self.cfg.epochs,
