@@ -238,7 +238,9 @@ def _details(row: dict[str, Any]) -> str:
     if not own:
         return ""
     shown = ", ".join(f"{k} {_fmt(v, 3 if abs(v) < 1 else 1)}" if isinstance(v, float)
-                      else f"{k} {v}" for k, v in own.items())
+                      else f"{k} ({len(v)} in schemes.json)" if isinstance(v, list)
+                      and v and isinstance(v[0], dict) else f"{k} {v}"
+                      for k, v in own.items())
     return f"- {row['scheme']} {row['variant'] or ''}: {shown}"
 
 
