@@ -24,6 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     sl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. store.views_per_sample=50")
     sl.add_argument("--quiet", action="store_true")
+    cp = sub.add_parser("compress", help="prune, quantize and export a trained run, each "
+                        "stage fine-tuned by distillation from the original")
+    cp.add_argument("config", help="YAML compression config (configs/compress/)")
+    cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. finetune.epochs=3")
+    cp.add_argument("--resume", action="store_true", help="continue the pipeline at its first "
+                    "unfinished stage")
+    cp.add_argument("--overwrite", action="store_true", help="start the pipeline again")
+    cp.add_argument("--quiet", action="store_true", help="no progress output")
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model")
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=["test", "val"], default="test")
@@ -164,6 +173,18 @@ def _soft_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from kdforge.compress.config import CompressConfig
+    from kdforge.compress.pipeline import compress
+    from kdforge.compress.report import markdown
+    from kdforge.config import load_config
+
+    cfg = load_config(args.config, args.overrides, kind=CompressConfig)
+    out = compress(cfg, resume=args.resume, overwrite=args.overwrite, verbose=not args.quiet)
+    print(markdown(out))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from kdforge import api
 
@@ -216,7 +237,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 #: command (``bench NAME`` for benchmarks) -> what runs it
 _COMMANDS = {"list": _list, "train": _train, "distill": _train, "soft-labels": _soft_labels,
-             "evaluate": _evaluate, "bench grid": _bench_grid, "bench recipes": _bench_recipes,
+             "compress": _compress, "evaluate": _evaluate, "bench grid": _bench_grid,
+             "bench recipes": _bench_recipes,
              "bench store": _bench_store, "bench schemes": _bench_schemes, "demo": _demo}
 
 

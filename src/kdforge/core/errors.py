@@ -35,6 +35,11 @@ class StoreError(KDForgeError):
     """A soft-label store is missing, corrupt, or does not match the run that reads it."""
 
 
+class CompressionError(KDForgeError):
+    """A compression stage cannot apply to the model (a layer it cannot shrink, an op with
+    no quantized kernel, an export that fails); the message names the layer and why."""
+
+
 class NonFiniteLossError(KDForgeError, FloatingPointError):
     """The loss became NaN or infinite during training."""
 
