@@ -20,14 +20,15 @@ KD = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "T": 4}]
 PARAMS = {(1, 4): 280, (1, 64): 4420, (2, 4): 300, (2, 64): 8580, (3, 4): 320, (3, 64): 12740}
 
 
-def fake_latency(model, input_shape, **kw):
+def fake_latencies(models, input_shape, **kw):
     """Deterministic 'latency': 1 ms per linear layer (depth + 1 for an mlp)."""
-    return float(sum(isinstance(m, torch.nn.Linear) for m in model.modules()))
+    return [float(sum(isinstance(m, torch.nn.Linear) for m in model.modules()))
+            for model in models]
 
 
 @pytest.fixture
 def latency(monkeypatch):
-    monkeypatch.setattr(search_space, "latency_ms", fake_latency)
+    monkeypatch.setattr(search_space, "latencies", fake_latencies)
 
 
 @pytest.fixture
@@ -107,9 +108,19 @@ def test_parameters_are_counted_exactly_and_latency_threads_are_restored():
     assert cnn.params == 1 * 4 * 9 + 2 * 4 + (4 * 4 + 4)  # conv (no bias: BN), BN, fc
     assert cnn.latency_ms > 0
     before = torch.get_num_threads()
-    with search_space.torch_threads(2):
-        assert torch.get_num_threads() == 2
+    search_space.measure_costs("mlp", [{"hidden": [8]}], 4, (1, 8, 8), threads=2, repeats=2)
     assert torch.get_num_threads() == before
+
+
+def test_interleaved_latency_keeps_the_fastest_round(monkeypatch):
+    from kdforge.engine import latency
+
+    ticks = iter([0.0, 5.0, 5.0, 6.0, 6.0, 8.0])  # rounds of 5 s, 1 s and 2 s
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: next(ticks))
+    times = latency.time_interleaved({"m": lambda x: x}, torch.zeros(1, 2), batches=[1],
+                                     warmup=0, repeats=1, rounds=3, reduce="min")
+    assert times == {"m": {1: 1000.0}}
 
 
 def test_candidates_over_either_budget_are_rejected_and_never_trained(tmp_path, latency):
@@ -246,7 +257,7 @@ def test_an_interrupted_search_resumes_and_reads_its_measured_costs_back(
     def no_measuring(*args, **kw):
         raise AssertionError("the costs of the interrupted search must be read back")
 
-    monkeypatch.setattr(search_space, "latency_ms", no_measuring)
+    monkeypatch.setattr(search_space, "latencies", no_measuring)
     result = stages.run_sequence(cfg, verbose=False)  # the same command again
     assert spy.calls[2:] == [("search/cand-01", True), ("search/cand-02", False),
                              ("chosen", False), ("reference", False)]

@@ -13,9 +13,10 @@ samples from a large space; kdforge searches a small grid of a zoo model's depth
 (:mod:`~kdforge.schemes.search_space`) exhaustively, or a seeded sample of it
 (``max_candidates``). In ``output_dir/name/``:
 
-1. Every candidate is built and costed: its parameters and the median latency of a forward
-   pass on CPU (batch ``latency_batch``, ``latency_threads`` threads), even when training
-   runs on a GPU. A candidate over ``budget_params`` or ``budget_latency_ms`` is rejected
+1. Every candidate is built and costed: its parameters and its latency on CPU (batch
+   ``latency_batch``, ``latency_threads`` threads), even when training runs on a GPU: the
+   candidates are timed interleaved in ``latency_rounds`` rounds, each the median of
+   ``latency_repeats`` passes, and the fastest round is kept (contention only adds time). A candidate over ``budget_params`` or ``budget_latency_ms`` is rejected
    and never trained. The costs are kept in ``search.json`` and read back when the command
    runs again, so a resumed search sees the latencies it chose with.
 2. ``search/cand-NN``: each feasible candidate distilled for ``search_epochs`` with the
@@ -80,6 +81,8 @@ class NasOptions(SchemeOptions):
     latency_batch: PositiveInt = Field(1, description="batch size latency is measured at")
     latency_threads: PositiveInt = Field(1, description="CPU threads latency is measured with")
     latency_repeats: PositiveInt = Field(30, description="timed forward passes (median)")
+    latency_rounds: PositiveInt = Field(5, description="interleaved rounds over the "
+                                        "candidates; the fastest is kept")
     search_epochs: PositiveInt = Field(5, description="epochs of each candidate's short KD run")
     reference: list[PeerSpec] | None = Field(None, description="zoo students the chosen is "
                                              "compared with, e.g. [{name: mlp, hidden: [32]}]"
@@ -180,9 +183,10 @@ class DistillationSearch(Scheme):
         options = [opts for _, opts in candidates]
         costs = _stored_costs(root / SEARCH_FILE, model, options, self._measurement())
         if costs is None:
-            costs = [search_space.measure_cost(
-                model, opts, num_classes, input_shape, batch=o.latency_batch,
-                threads=o.latency_threads, repeats=o.latency_repeats) for opts in options]
+            costs = search_space.measure_costs(
+                model, options, num_classes, input_shape, batch=o.latency_batch,
+                threads=o.latency_threads, repeats=o.latency_repeats,
+                rounds=o.latency_rounds)
         rows = []
         for (i, opts), cost in zip(candidates, costs, strict=True):
             status = (OVER_PARAMS if cost.params > o.budget_params else
@@ -195,7 +199,7 @@ class DistillationSearch(Scheme):
     def _measurement(self) -> dict[str, Any]:
         o = self.options
         return {"device": "cpu", "batch": o.latency_batch, "threads": o.latency_threads,
-                "repeats": o.latency_repeats}
+                "repeats": o.latency_repeats, "rounds": o.latency_rounds}
 
     def _reference(self, params: int, num_classes: int,
                    input_shape: tuple[int, ...]) -> tuple[dict[str, Any], int]:

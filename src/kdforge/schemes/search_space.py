@@ -16,8 +16,6 @@ under ``torch.inference_mode``, with a fixed number of intra-op threads, restore
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +23,7 @@ import torch
 from torch import nn
 
 from kdforge.core.errors import ConfigError
-from kdforge.engine.metrics import measure_latency
+from kdforge.engine.latency import time_interleaved
 from kdforge.models import count_parameters, create_model
 
 #: The depth/width option searched by default, by zoo model (``scheme.key`` sets another).
@@ -78,24 +76,19 @@ def sample_indices(n: int, k: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), k))
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the body with ``n`` intra-op threads; the previous number is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threads: int,
-               repeats: int) -> float:
-    """Median CPU milliseconds of one inference forward pass of ``model`` on a batch of
-    ``batch`` zero inputs of ``input_shape``, with ``threads`` intra-op threads."""
-    example = torch.zeros(batch, *input_shape)
-    with torch_threads(threads), torch.inference_mode():
-        return measure_latency(model, example, repeats=repeats, device="cpu")
+def latencies(models: list[nn.Module], input_shape: tuple[int, ...], *, batch: int,
+              threads: int, repeats: int, rounds: int = 5, seed: int = 0) -> list[float]:
+    """CPU milliseconds of one inference forward pass of each model on a batch of ``batch``
+    zero inputs of ``input_shape``, with ``threads`` intra-op threads: the models timed
+    interleaved in ``rounds`` rounds, each the median of ``repeats`` passes, and the fastest
+    round kept, so another process on the machine does not push a candidate over budget
+    (:func:`kdforge.engine.latency.time_interleaved`)."""
+    example = torch.zeros(1, *input_shape)
+    labelled = {str(i): m for i, m in enumerate(models)}
+    times = time_interleaved(labelled, example, batches=[batch], n_threads=threads,
+                             warmup=5, repeats=repeats, rounds=rounds, seed=seed,
+                             reduce="min")
+    return [times[str(i)][batch] for i in range(len(models))]
 
 
 @dataclass(frozen=True)
@@ -112,15 +105,23 @@ def build(model: str, options: dict[str, Any], num_classes: int,
     return create_model(model, num_classes, input_shape, **options)
 
 
+def measure_costs(model: str, options: list[dict[str, Any]], num_classes: int,
+                  input_shape: tuple[int, ...], *, batch: int = 1, threads: int = 1,
+                  repeats: int = 30, rounds: int = 5, seed: int = 0) -> list[Cost]:
+    """The parameters and CPU latency of the zoo model ``model`` with each of ``options``
+    (built on CPU, timed interleaved: :func:`latencies`)."""
+    nets = [build(model, opts, num_classes, input_shape) for opts in options]
+    times = latencies(nets, input_shape, batch=batch, threads=threads, repeats=repeats,
+                      rounds=rounds, seed=seed)
+    return [Cost(count_parameters(n), t) for n, t in zip(nets, times, strict=True)]
+
+
 def measure_cost(model: str, options: dict[str, Any], num_classes: int,
-                 input_shape: tuple[int, ...], *, batch: int = 1, threads: int = 1,
-                 repeats: int = 30) -> Cost:
-    """The parameters and CPU latency of the zoo model ``model`` with ``options``."""
-    net = build(model, options, num_classes, input_shape)
-    return Cost(count_parameters(net), latency_ms(net, input_shape, batch=batch,
-                                                  threads=threads, repeats=repeats))
+                 input_shape: tuple[int, ...], **timing: Any) -> Cost:
+    """:func:`measure_costs` of one candidate."""
+    return measure_costs(model, [options], num_classes, input_shape, **timing)[0]
 
 
 __all__ = ["DEFAULT_KEYS", "DEFAULT_REFERENCES", "Cost", "block_widths", "build",
-           "candidate_grid", "latency_ms", "measure_cost", "sample_indices", "search_key",
-           "torch_threads"]
+           "candidate_grid", "latencies", "measure_cost", "measure_costs", "sample_indices",
+           "search_key"]
