@@ -95,6 +95,14 @@ def _bench_parsers(sub) -> None:
     store.add_argument("--results", default="benchmarks/results", help="where results go")
     store.add_argument("--epochs", type=int, help="override the students' epochs (smoke runs)")
 
+    comp = bench_sub.add_parser("compress", help="prune, int8 and ONNX on each model pair, "
+                                "fine-tuned without, with CE and with KD, over seeds")
+    comp.add_argument("--spec", default="benchmarks/compress.yaml", help="benchmark spec")
+    comp.add_argument("--results", default="benchmarks/results", help="where results go")
+    comp.add_argument("--pairs", help="comma-separated subset of the spec's pairs")
+    comp.add_argument("--seeds", type=int, help="use only the first N seeds")
+    comp.add_argument("--epochs", type=int, help="override the fine-tune epochs (smoke runs)")
+    comp.add_argument("--verbose", action="store_true", help="show each run's progress")
     schemes = bench_sub.add_parser("schemes", help="every scheme against the student alone and "
                                    "plain KD, over seeds")
     schemes.add_argument("--spec", default="benchmarks/schemes.yaml", help="experiment definition")
@@ -219,6 +227,15 @@ def _bench_schemes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compress(args: argparse.Namespace) -> int:
+    from kdforge.jobs.bench_compress import run_compress_bench
+
+    run_compress_bench(args.spec, results=args.results, pairs=_names(args.pairs),
+                       seeds=args.seeds, epochs=args.epochs, verbose=args.verbose)
+    print(f"results: {args.results}/compress.md, compress.json, compress.png")
+    return 0
+
+
 def _bench_grid(args: argparse.Namespace) -> int:
     from kdforge.jobs.bench_grid import run_grid
 
@@ -238,7 +255,7 @@ def _demo(args: argparse.Namespace) -> int:
 #: command (``bench NAME`` for benchmarks) -> what runs it
 _COMMANDS = {"list": _list, "train": _train, "distill": _train, "soft-labels": _soft_labels,
              "compress": _compress, "evaluate": _evaluate, "bench grid": _bench_grid,
-             "bench recipes": _bench_recipes,
+             "bench recipes": _bench_recipes, "bench compress": _bench_compress,
              "bench store": _bench_store, "bench schemes": _bench_schemes, "demo": _demo}
 
 

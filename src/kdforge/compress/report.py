@@ -37,12 +37,12 @@ def markdown(out: dict[str, Any]) -> str:
         for key in ("route", "method", "sparsity", "agreement_with_pytorch"):
             if r.get(key) is not None:
                 notes.append(f"{key} {_fmt(r[key], 3 if key == 'sparsity' else 1)}")
-        cells = [r["pair"], r["stage"], str(r["params"]), _fmt(r["file_bytes"] / 1024),
+        cells = [r["pair"], r["stage"], str(round(r["params"])), _fmt(r["file_bytes"] / 1024),
                  _fmt(r.get("latency_ms_b1"), 3), _fmt(r.get("latency_ms_b64"), 2),
                  *(_fmt(r.get(f"{c}_accuracy")) for c in chains), _fmt(r.get("agreement")),
                  ", ".join(notes)]
         lines.append("| " + " | ".join(cells) + " |")
-    threads = {r.get("latency_threads") for r in runs} - {None}
+    threads = {round(r["latency_threads"]) for r in runs if r.get("latency_threads")}
     lines += ["", f"Latency: median ms per forward pass on CPU, {', '.join(map(str, threads))} "
               "thread(s), variants timed interleaved in one process. Accuracy: test split, "
               "percent; chain `none` is the compressed model with no fine-tune, `ce` and "
