@@ -35,7 +35,7 @@ class Shrink(Stage):
     name = "shrink-test"
     Options = ShrinkOptions
 
-    def apply(self, model, ctx):
+    def apply(self, model, ctx, *, finetune):
         if self.options.fail:
             raise CompressionError("layer 'net.0' cannot be shrunk: a test failure")
         with torch.no_grad():
@@ -44,15 +44,15 @@ class Shrink(Stage):
         self.report = {"factor": self.options.factor}
         return model
 
-    def finish(self, model, ctx, out):
+    def finish(self, model, ctx, out, *, previous):
         out.mkdir(parents=True, exist_ok=True)
         save_weights(model, out / WEIGHTS)
         d = ctx.description
         save_run_model(out, model, name=d["name"], options=d["options"],
                        num_classes=d["num_classes"], input_shape=tuple(d["input_shape"]))
-        return self.load(out, ctx)
+        return self.load(out, ctx, previous=previous)
 
-    def load(self, out, ctx):
+    def load(self, out, ctx, *, previous):
         model = load_run_model(out).eval()
         return Artefact(model, model, [out / WEIGHTS])
 
@@ -150,9 +150,9 @@ def test_a_failing_stage_keeps_the_finished_ones_and_resume_continues(tmp_path, 
 
 
 def _fixed_apply(apply):
-    def fixed(self, model, ctx):
+    def fixed(self, model, ctx, *, finetune):
         self.options = self.options.model_copy(update={"fail": False})
-        return apply(self, model, ctx)
+        return apply(self, model, ctx, finetune=finetune)
     return fixed
 
 

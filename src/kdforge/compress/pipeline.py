@@ -129,7 +129,8 @@ def _context(cfg: CompressConfig, data: Any, description: dict[str, Any]) -> Sta
     calibration = [load_batch(data.train, order[i:i + 64]).inputs
                    for i in range(0, len(order), 64)]
     return StageContext(example=calibration[0][:1].clone(), calibration=calibration,
-                        description=description, seed=cfg.seed, threads=cfg.latency.threads)
+                        description=description, seed=cfg.seed, threads=cfg.latency.threads,
+                        test=data.test)
 
 
 def _stage(cfg: CompressConfig, stage: Stage, current: nn.Module, original: nn.Module,
@@ -139,15 +140,16 @@ def _stage(cfg: CompressConfig, stage: Stage, current: nn.Module, original: nn.M
     """One chain's stage: read back if finished, else apply, fine-tune, finish, measure."""
     facts = read_stage_facts(out)
     if facts is not None:
-        return stage.load(out, ctx), facts
+        return stage.load(out, ctx, previous=current), facts
     torch.manual_seed(cfg.seed)
-    model = stage.apply(copy.deepcopy(current), ctx)
+    model = stage.apply(copy.deepcopy(current), ctx, finetune=bool(losses))
     applied = dict(getattr(stage, "report", {}) or {})
     if losses:
         _finetune(cfg, model, original, losses, data, out, verbose)
-    artefact = stage.finish(model, ctx, out)
+    artefact = stage.finish(model, ctx, out, previous=current)
+    finished = dict(getattr(stage, "report", {}) or {})  # what finishing found (an export)
     preds, _ = predictions(artefact.module, data.test)
-    facts = {**applied, **artefact.facts, "finetuned": bool(losses),
+    facts = {**applied, **finished, **artefact.facts, "finetuned": bool(losses),
              "params": count_parameters(artefact.float_module),
              "file_bytes": artefact.file_bytes,
              **accuracy_and_agreement(preds, targets, reference)}

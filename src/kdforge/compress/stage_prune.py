@@ -59,7 +59,7 @@ class Prune(Stage):
     Options = PruneOptions
     options: PruneOptions
 
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
+    def apply(self, model: nn.Module, ctx: StageContext, *, finetune: bool) -> nn.Module:
         from kdforge.compress import prune
 
         o = self.options
@@ -71,7 +71,8 @@ class Prune(Stage):
             self.report = prune.prune_unstructured(model, o.amount)
         return model
 
-    def finish(self, model: nn.Module, ctx: StageContext, out: Path) -> Artefact:
+    def finish(self, model: nn.Module, ctx: StageContext, out: Path, *,
+               previous: nn.Module) -> Artefact:
         from kdforge.compress import prune
 
         if self.options.method == "unstructured":
@@ -82,9 +83,9 @@ class Prune(Stage):
         d = ctx.description
         save_run_model(out, model, name=d["name"], options=d.get("options", {}),
                        num_classes=d["num_classes"], input_shape=tuple(d["input_shape"]))
-        return self.load(out, ctx)
+        return self.load(out, ctx, previous=previous)
 
-    def load(self, out: Path, ctx: StageContext) -> Artefact:
+    def load(self, out: Path, ctx: StageContext, *, previous: nn.Module) -> Artefact:
         from kdforge.compress.prune import sparsity
 
         model = load_run_model(out).eval()

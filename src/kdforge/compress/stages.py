@@ -4,12 +4,14 @@ A stage turns the chain's current model into a compressed one in three steps, so
 pipeline can fine-tune in between and resume after a crash:
 
 1. :meth:`Stage.apply` -> the *trainable* compressed model (pruned weights with their masks,
-   a fake-quantised module), deterministic given its input model, so a resumed fine-tune
-   rebuilds exactly the module its checkpoint belongs to;
-2. (the pipeline fine-tunes it, or not: chain ``none``);
+   a fake-quantised module when a fine-tune follows), deterministic given its input model,
+   so a resumed fine-tune rebuilds exactly the module its checkpoint belongs to;
+2. (the pipeline fine-tunes it, or not: chain ``none``, or ``finetune: false``);
 3. :meth:`Stage.finish` -> an :class:`Artefact`: the deployable model (masks made
    permanent, int8, an ONNX file), written into the stage's directory, plus the float
    model the next stage starts from. :meth:`Stage.load` reads a finished one back.
+
+``previous`` is always the stage's input model (the chain's float model so far).
 
 Nothing a stage writes needs unpickling to read: weights are safetensors, structure JSON,
 graphs ONNX.
@@ -36,14 +38,15 @@ STAGE_FILE = "stage.json"
 @dataclass
 class StageContext:
     """What a stage may use: an example batch (CPU), calibration batches from the training
-    set, the model's description (``name``, ``options``, classes, input shape) and the
-    seed."""
+    set, the model's description (``name``, ``options``, classes, input shape), the seed,
+    the CPU threads of the measures and the test split (an export's check)."""
 
     example: torch.Tensor
     calibration: list[torch.Tensor]
     description: dict[str, Any]
     seed: int = 0
     threads: int = 1
+    test: Any = None  # the test split: an export's check compares runtimes on it (no choice)
 
 
 @dataclass
@@ -75,15 +78,17 @@ class Stage:
         self.options = parse_section(self.Options, dict(options or {}),
                                      f"compression stage {self.name!r}")
 
-    def apply(self, model: nn.Module, ctx: StageContext) -> nn.Module:
-        """The trainable compressed model (``model`` is a private copy: change it freely)."""
+    def apply(self, model: nn.Module, ctx: StageContext, *, finetune: bool) -> nn.Module:
+        """The compressed model, trainable when ``finetune`` (a fine-tune follows);
+        ``model`` is a private copy: change it freely."""
         raise NotImplementedError
 
-    def finish(self, model: nn.Module, ctx: StageContext, out: Path) -> Artefact:
+    def finish(self, model: nn.Module, ctx: StageContext, out: Path, *,
+               previous: nn.Module) -> Artefact:
         """Make ``model`` (applied, perhaps fine-tuned) deployable and write it to ``out``."""
         raise NotImplementedError
 
-    def load(self, out: Path, ctx: StageContext) -> Artefact:
+    def load(self, out: Path, ctx: StageContext, *, previous: nn.Module) -> Artefact:
         """Read back what :meth:`finish` wrote."""
         raise NotImplementedError
 
