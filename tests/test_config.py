@@ -70,9 +70,16 @@ def test_yaml_roundtrip_and_file_errors(tmp_path):
 def test_every_shipped_config_validates():
     from pathlib import Path
 
+    from kdforge.compress.config import CompressConfig
+    from kdforge.compress.stages import build_stage
     from kdforge.config import SoftLabelConfig
 
+    kinds = {"soft_labels": SoftLabelConfig, "compress": CompressConfig}
     configs = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
     assert configs, "configs/ holds the documented recipes"
+    assert any(p.parent.name == "compress" for p in configs)
     for path in configs:
-        load_config(path, kind=SoftLabelConfig if path.parent.name == "soft_labels" else None)
+        cfg = load_config(path, kind=kinds.get(path.parent.name))
+        if isinstance(cfg, CompressConfig):  # every stage and its options exist
+            for stage in cfg.stages:
+                build_stage(stage.name, stage.options)
