@@ -95,22 +95,22 @@ def _bench_parsers(sub) -> None:
     store.add_argument("--results", default="benchmarks/results", help="where results go")
     store.add_argument("--epochs", type=int, help="override the students' epochs (smoke runs)")
 
-    comp = bench_sub.add_parser("compress", help="prune, int8 and ONNX on each model pair, "
-                                "fine-tuned without, with CE and with KD, over seeds")
-    comp.add_argument("--spec", default="benchmarks/compress.yaml", help="benchmark spec")
-    comp.add_argument("--results", default="benchmarks/results", help="where results go")
-    comp.add_argument("--pairs", help="comma-separated subset of the spec's pairs")
-    comp.add_argument("--seeds", type=int, help="use only the first N seeds")
-    comp.add_argument("--epochs", type=int, help="override the fine-tune epochs (smoke runs)")
-    comp.add_argument("--verbose", action="store_true", help="show each run's progress")
-    schemes = bench_sub.add_parser("schemes", help="every scheme against the student alone and "
-                                   "plain KD, over seeds")
-    schemes.add_argument("--spec", default="benchmarks/schemes.yaml", help="experiment definition")
-    schemes.add_argument("--results", default="benchmarks/results", help="where results go")
-    schemes.add_argument("--schemes", help="comma-separated subset of the spec's entries")
-    schemes.add_argument("--seeds", type=int, help="use only the first N seeds")
-    schemes.add_argument("--epochs", type=int, help="override every run's epochs (smoke runs)")
-    schemes.add_argument("--verbose", action="store_true", help="show each run's progress")
+    _entries_bench(bench_sub, "compress", "prune, int8 and ONNX on each model pair, "
+                   "fine-tuned without, with CE and with KD, over seeds", "--pairs",
+                   "the fine-tune epochs")
+    _entries_bench(bench_sub, "schemes", "every scheme against the student alone and plain "
+                   "KD, over seeds", "--schemes", "every run's epochs")
+
+
+def _entries_bench(bench_sub, name: str, text: str, subset: str, epochs: str) -> None:
+    """A benchmark over a spec's entries: spec, results, a subset, seeds, epochs, verbose."""
+    b = bench_sub.add_parser(name, help=text)
+    b.add_argument("--spec", default=f"benchmarks/{name}.yaml", help="benchmark spec")
+    b.add_argument("--results", default="benchmarks/results", help="where results go")
+    b.add_argument(subset, help="comma-separated subset of the spec's entries")
+    b.add_argument("--seeds", type=int, help="use only the first N seeds")
+    b.add_argument("--epochs", type=int, help=f"override {epochs} (smoke runs)")
+    b.add_argument("--verbose", action="store_true", help="show each run's progress")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
