@@ -10,17 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdforge.data.loaders import eval_loader, to_batch
 from kdforge.engine.latency import threads, time_interleaved
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Parameters of a float module (a pruned one counts its remaining channels; masks
-    count as the dense tensors they are)."""
-    return sum(p.numel() for p in model.parameters())  # shared ones once
+from kdforge.models import count_parameters
 
 
 @torch.no_grad()

@@ -44,7 +44,6 @@ from kdforge.compress.stages import (
 )
 from kdforge.config import LossConfig, TrainConfig, load_config
 from kdforge.core.errors import ConfigError
-from kdforge.core.files import write_json
 from kdforge.engine.checkpoint import CHECKPOINT
 
 CONFIG_FILE = "config.yaml"
@@ -220,10 +219,6 @@ def _records(cfg: CompressConfig, original: nn.Module, original_facts: dict[str,
         row.update({k: v for k, v in main.items() if k not in skip and k not in row})
         rows.append(row)
     return rows
-
-
-def write_records(path: Path, out: dict[str, Any]) -> None:
-    write_json(path, out)
 
 
 __all__ = ["compress"]

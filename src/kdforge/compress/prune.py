@@ -39,6 +39,7 @@ from torch.nn.utils import prune as torch_prune
 
 from kdforge.core.errors import CompressionError, ConfigError, unknown_name_message
 from kdforge.engine.metrics import measure_latency
+from kdforge.models import count_parameters
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 UNSTRUCTURED_NOTE = ("unstructured sparsity does not speed up dense kernels: parameters and "
@@ -47,11 +48,6 @@ UNSTRUCTURED_NOTE = ("unstructured sparsity does not speed up dense kernels: par
 
 
 # ------------------------------------------------------------------------------ helpers
-
-def count_parameters(model: nn.Module) -> int:
-    """Parameters of ``model``, each shared tensor once (a mask's ``weight_orig`` counts)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
 
 def _width(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else m.out_channels

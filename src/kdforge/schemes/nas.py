@@ -44,7 +44,6 @@ from kdforge.config import RunConfig
 from kdforge.core.errors import ConfigError
 from kdforge.core.files import write_json
 from kdforge.engine import distributed
-from kdforge.engine.logging import METRICS
 from kdforge.losses.base import build_loss
 from kdforge.models import MODELS, count_parameters
 from kdforge.schemes import search_space
@@ -236,19 +235,12 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _val_accuracy(result: StageResult, stage: str) -> float:
-    """The last validation accuracy of a finished stage (what a candidate is scored by):
-    its summary's, or, for a stage resumed after its last epoch (whose summary has no
-    epoch of its own), the last one in its ``metrics.jsonl``."""
-    if "accuracy" in result.summary.get("val", {}):
-        return float(result.summary["val"]["accuracy"])
-    log = result.run_dir / METRICS
-    records = [json.loads(line) for line in log.read_text().splitlines()
-               if line.strip()] if log.is_file() else []
-    scored = [r["val/accuracy"] for r in records if "val/accuracy" in r]
-    if not scored:
+    """The last validation accuracy of a finished stage (what a candidate is scored by)."""
+    val = result.summary.get("val", {})
+    if "accuracy" not in val:
         raise ConfigError(f"stage {stage!r} has no validation accuracy; nas scores candidates "
                           "on the validation split: set data.val_fraction > 0")
-    return float(scored[-1])
+    return float(val["accuracy"])
 
 
 def _stored_costs(path: Path, model: str, options: list[dict[str, Any]],

@@ -9,8 +9,8 @@ a seeded sample of it keeps the grid's order, so candidate ``i`` is the same net
 every run of the same config.
 
 Costs are what a deployment pays: the scalar parameters of the whole network, and the
-median milliseconds of a forward pass on CPU (:func:`~kdforge.engine.metrics.measure_latency`
-under ``torch.inference_mode``, with a fixed number of intra-op threads, restored after).
+milliseconds of a forward pass on CPU with a fixed number of intra-op threads (the
+candidates timed interleaved, the fastest round kept: :func:`latencies`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def latencies(models: list[nn.Module], input_shape: tuple[int, ...], *, batch: i
 
 @dataclass(frozen=True)
 class Cost:
-    """What one candidate costs: scalar parameters and median CPU latency (ms)."""
+    """What one candidate costs: scalar parameters and CPU latency (ms, :func:`latencies`)."""
 
     params: int
     latency_ms: float

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdforge.config import RunConfig, StoreTeacherConfig
+from kdforge.core.files import atomic_write
 from kdforge.core.registry import Registry
 from kdforge.data.datasets.arrays import ArrayDataset
 from kdforge.data.loaders import load_batch
@@ -120,6 +121,7 @@ class TransferSet(Scheme):
     def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
         self.check(cfg)
         data = runner.data(cfg)
+        teacher = _teacher(cfg, data)
         records = []
         for name in self.options.sets:
             changes = TRANSFER_SETS.get(name)(self, cfg, runner)
@@ -129,12 +131,11 @@ class TransferSet(Scheme):
                 changes["train"] = {**cfg.train.model_dump(mode="json", exclude_none=True),
                                     "epochs": epochs}
             result = runner.stage(derive(cfg, name, **changes))
-            records.append(self._record(cfg, name, result, data, size))
+            records.append(self._record(cfg, name, result, data, size, teacher))
         return records
 
     def _record(self, cfg: RunConfig, name: str, result: StageResult, data: RunData,
-                size: int | None) -> dict[str, Any]:
-        teacher = _teacher(cfg, data)
+                size: int | None, teacher: nn.Module) -> dict[str, Any]:
         fit = {split: evaluate_runs([result.run_dir], dataset, num_classes=data.num_classes,
                                     device=cfg.train.device, teacher=teacher)
                for split, dataset in (("train", data.train), ("test", data.test))}
@@ -207,15 +208,16 @@ def _unlabelled(scheme: TransferSet, cfg: RunConfig, runner: Runner) -> dict[str
 
 
 def _label(path: Path, inputs: torch.Tensor, teacher: nn.Module) -> None:
-    """Save ``inputs`` with the teacher's probabilities (atomically: a temporary file
-    renamed into place)."""
+    """Save ``inputs`` with the teacher's probabilities."""
     with torch.no_grad():
         probs = torch.cat([teacher(x).softmax(1) for x in inputs.split(512)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({"inputs": inputs.contiguous(), "teacher_probs": probs.contiguous()},
-              str(partial))
-    partial.replace(path)
+    _save_set(path, inputs, probs)
+
+
+def _save_set(path: Path, inputs: torch.Tensor, probs: torch.Tensor) -> None:
+    """Inputs and the teacher's probabilities as one safetensors file, written atomically."""
+    tensors = {"inputs": inputs.contiguous(), "teacher_probs": probs.contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def _capped(scheme: TransferSet, runner: Runner, files: list[str]) -> list[str]:
@@ -228,11 +230,7 @@ def _capped(scheme: TransferSet, runner: Runner, files: list[str]) -> list[str]:
         sets = [load_file(f) for f in files]
         inputs = torch.cat([s["inputs"] for s in sets])[:cap]
         probs = torch.cat([s["teacher_probs"] for s in sets])[:cap]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file({"inputs": inputs.contiguous(), "teacher_probs": probs.contiguous()},
-                  str(partial))
-        partial.replace(path)
+        _save_set(path, inputs, probs)
     return [str(path)]
 
 
