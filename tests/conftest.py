@@ -57,7 +57,7 @@ def synthetic_config(tmp_path, **sections) -> dict:
     }
     for key, value in sections.items():
         if key in ("data", "train", "optim", "schedule") and isinstance(value, dict):
-            cfg[key] = {**cfg[key], **value}
+            cfg[key] = {**cfg.get(key, {}), **value}
         else:
             cfg[key] = value
     return cfg

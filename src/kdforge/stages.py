@@ -19,7 +19,8 @@ from typing import Any
 from kdforge import api
 from kdforge.config import RunConfig, load_config
 from kdforge.core.errors import ConfigError
-from kdforge.core.files import write_json
+from kdforge.core.faults import fault_point
+from kdforge.core.files import remove_temporaries, write_json, write_text
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import CHECKPOINT
 from kdforge.schemes import RunData, StageResult, build_scheme, record_of
@@ -35,11 +36,12 @@ class StageRunner:
         self.verbose = verbose
 
     def stage(self, cfg: RunConfig) -> StageResult:
+        fault_point("stage")  # between two stages (KDFORGE_FAULT=stage:N; else free)
         cfg = cfg.model_copy(update={"output_dir": str(self.root)})
         run_dir = self.root / cfg.name
         written = run_dir / api.CONFIG_FILE
         if written.is_file():
-            if load_config(written).to_yaml() != cfg.to_yaml():
+            if load_config(written, relative_to_file=False).to_yaml() != cfg.to_yaml():
                 raise ConfigError(
                     f"stage directory {str(run_dir)!r} holds a run of another config; the "
                     "scheme's settings changed since it ran: rerun with --overwrite (starts "
@@ -65,7 +67,7 @@ def run_sequence(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     stored = root / api.CONFIG_FILE
     main = distributed.env_from_torchrun().is_main
     if stored.is_file() and not resume and not overwrite:
-        if load_config(stored).to_yaml() != cfg.to_yaml():
+        if load_config(stored, relative_to_file=False).to_yaml() != cfg.to_yaml():
             raise ConfigError(
                 f"{str(root)!r} holds a scheme run of another config; continue it with "
                 f"--resume {root}, choose another name (--set name=...), or --overwrite")
@@ -75,7 +77,8 @@ def run_sequence(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     fresh = not root.exists()
     if main:
         root.mkdir(parents=True, exist_ok=True)
-        stored.write_text(cfg.to_yaml())
+        remove_temporaries(root)  # what a killed write of scheme.json / config.yaml left
+        write_text(stored, cfg.to_yaml())
     try:
         records = scheme.run(cfg, StageRunner(root, verbose=verbose))
     except ConfigError:

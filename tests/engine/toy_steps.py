@@ -106,5 +106,10 @@ def train_adversarial(run_dir: str, epochs: int, resume: bool = False,
 if __name__ == "__main__":  # python -m tests.engine.toy_steps RUN_DIR EPOCHS [resume|kill:N]
     mode = sys.argv[3] if len(sys.argv) > 3 else ""
     torch.set_num_threads(1)
-    train_adversarial(sys.argv[1], int(sys.argv[2]), resume=mode == "resume",
-                      kill_after=int(mode[5:]) if mode.startswith("kill:") else None)
+    try:
+        train_adversarial(sys.argv[1], int(sys.argv[2]), resume=mode == "resume",
+                          kill_after=int(mode[5:]) if mode.startswith("kill:") else None)
+    finally:  # a gloo group left to the interpreter's exit aborts a rank now and then
+        from kdforge.engine.distributed import shutdown
+
+        shutdown()

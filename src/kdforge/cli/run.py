@@ -17,6 +17,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         "'{seed}' in the config's paths is replaced by the seed, and a summary "
                         "of mean and spread is written to OUTPUT_DIR/NAME-seeds.json")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--lr-scale", type=float, default=1.0, metavar="F",
+                        help="with --resume: multiply every learning rate by F from the "
+                        "checkpoint on (after a NaN loss, e.g. 0.5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing run directory of the same name")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -25,7 +28,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 @command("train", "train a model (a teacher, a student alone, or a scheme: kdforge list "
          "schemes)", "kdforge train configs/mnist1d/teacher.yaml\n"
          "  kdforge train configs/mnist1d/student.yaml --seeds 0,1,2 --set train.epochs=20\n"
-         "  kdforge train --resume runs/mnist1d-teacher")
+         "  kdforge train --resume runs/mnist1d-teacher\n"
+         "  kdforge train --resume runs/mnist1d-teacher --lr-scale 0.5   (after a NaN loss)")
 @arguments(_run_arguments)
 def train(args: argparse.Namespace) -> int:
     return _train(args)
@@ -46,11 +50,14 @@ def _train(args: argparse.Namespace) -> int:
         if args.config or args.overrides or args.seeds:
             raise usage("--resume reads the run's own config.yaml; give no CONFIG, --set or "
                         "--seeds")
-        result = api.resume(args.resume, verbose=not args.quiet)
+        result = api.resume(args.resume, verbose=not args.quiet, lr_scale=args.lr_scale)
         _print_result(result)
         return 0
     if not args.config:
         raise usage(f"kdforge {args.command} needs a CONFIG file (or --resume RUN_DIR)")
+    if args.lr_scale != 1.0:
+        raise usage("--lr-scale applies to a resumed run: kdforge train --resume RUN_DIR "
+                    "--lr-scale 0.5")
     from kdforge.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -63,6 +70,10 @@ def _train(args: argparse.Namespace) -> int:
                           verbose=not args.quiet)
         print(seeds_table(study))
         return 0
+    from kdforge.jobs.seeds import has_placeholder, seeded
+
+    if has_placeholder(cfg):  # '{seed}' in a path: this run's own seed
+        cfg = seeded(cfg, cfg.seed)
     _print_result(api.train(cfg, overwrite=args.overwrite, verbose=not args.quiet))
     return 0
 

@@ -32,8 +32,9 @@ class FeatureTap:
     their autograd graph, so a loss on a student feature back-propagates into the student.
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str] = ()) -> None:
+    def __init__(self, model: nn.Module, names: Iterable[str] = (), *, role: str = "") -> None:
         self.model = model
+        self.role = role  # "student", "teacher": named in errors (both may be one class)
         self.names: list[str] = []
         self._modules = dict(model.named_modules())
         self._handles: list = []
@@ -51,13 +52,17 @@ class FeatureTap:
         if path not in self._modules or path == "":
             valid = [n for n in self._modules if n]
             raise ConfigError(
-                unknown_name_message(f"layer of {type(self.model).__name__}", path, valid)
+                unknown_name_message(f"layer of {self._whose()}", path, valid)
                 + ". Layer names are those of model.named_modules(); "
                 "`kdforge list layers MODEL` prints them."
             )
         module = self._modules[path]
         self._handles.append(module.register_forward_hook(self._hook(name, which == "input")))
         self.names.append(name)
+
+    def _whose(self) -> str:
+        kind = type(self.model).__name__
+        return f"the {self.role} ({kind})" if self.role else kind
 
     def _hook(self, name: str, take_input: bool):
         def hook(module: nn.Module, inputs, output) -> None:

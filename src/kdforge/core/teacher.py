@@ -55,7 +55,7 @@ class NetworkTeacher(Teacher):
     def __init__(self, model: nn.Module, features: Iterable[str] = ()) -> None:
         super().__init__()
         self.model = model
-        self._tap = FeatureTap(model)
+        self._tap = FeatureTap(model, role="teacher")
         self.require_features(features)
 
     def require_features(self, names: Iterable[str]) -> None:

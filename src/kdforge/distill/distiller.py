@@ -66,7 +66,8 @@ class Distiller(TrainStep):
         self.teacher = teacher
         self.terms = nn.ModuleList(terms)
         self.part_names = _unique_names([t.name for t in terms])
-        self._tap = FeatureTap(student, _union(t.student_features() for t in terms))
+        self._tap = FeatureTap(student, _union(t.student_features() for t in terms),
+                               role="student")
         if teacher is not None:
             teacher.require_features(_union(t.teacher_features() for t in terms))
         self.prepared = False

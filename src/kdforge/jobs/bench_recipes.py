@@ -30,6 +30,13 @@ class RecipesSpec(Section):
     epochs: list[PositiveInt] = Field(min_length=1, description="the schedule lengths")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     output_dir: str = "runs/recipes"
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides "
+                                 "applied to the teacher's and every setting's config (e.g. "
+                                 "data.num_samples=8000: another data size)")
+    results_name: str = Field("recipes", description="the results files' stem: "
+                              "RESULTS/NAME.{json,md,png}")
+    description: str = Field("mnist1d, MLP student (2 x 100) distilled from a cnn1d teacher",
+                             description="what the study trains, for the results page")
 
 
 def load_recipes(path: str | Path) -> RecipesSpec:
@@ -48,34 +55,37 @@ def run_recipes(path: str | Path = "benchmarks/recipes.yaml", *,
     seed_list = list(spec.seeds)[: seeds or None]
     chosen = select("setting", spec.settings, settings)
     start = time.perf_counter()
-    teacher_cfg = load_config(spec.teacher, [f"output_dir={output}", "name=teacher"])
+    teacher_cfg = load_config(spec.teacher,
+                              [*spec.overrides, f"output_dir={output}", "name=teacher"])
     teacher = api.train(teacher_cfg, overwrite=True, verbose=False)
     if verbose:
         print(f"teacher: test accuracy {100 * teacher.summary['test']['accuracy']:.1f}%",
               flush=True)
     out: dict[str, Any] = {"epochs": epoch_list, "seeds": seed_list,
+                           "description": spec.description, "overrides": spec.overrides,
                            "teacher_accuracy": teacher.summary["test"]["accuracy"], "settings": {}}
     for label in chosen:
         out["settings"][label] = {
             str(n_epochs): _run_setting(spec.settings[label], label, n_epochs, seed_list, output,
-                                        teacher.run_dir, verbose)
+                                        teacher.run_dir, verbose, spec.overrides)
             for n_epochs in epoch_list
         }
     out["total_time_s"] = time.perf_counter() - start
     if results is not None:
-        plot = plot_recipes(out, Path(results) / "recipes.png")
-        write_results(results, "recipes", out, recipes_markdown(out, plot.name))
+        plot = plot_recipes(out, Path(results) / f"{spec.results_name}.png")
+        write_results(results, spec.results_name, out, recipes_markdown(out, plot.name))
     return out
 
 
 def _run_setting(config: str, label: str, n_epochs: int, seeds: list[int], output: Path,
-                 teacher_run: Path, verbose: bool) -> dict[str, Any]:
+                 teacher_run: Path, verbose: bool, overrides: Sequence[str] = ()
+                 ) -> dict[str, Any]:
     """One teaching setting at one schedule length, for every seed: its runs and statistics."""
     runs = []
     for seed in seeds:
         name = f"{label.replace(' ', '_')}-e{n_epochs}-seed{seed}"
         cfg = load_config(config, [
-            f"output_dir={output}", f"name={name}", f"seed={seed}",
+            *overrides, f"output_dir={output}", f"name={name}", f"seed={seed}",
             f"train.epochs={n_epochs}", f"teacher.run={teacher_run}",
             f"train.eval_every={max(1, n_epochs // 30)}"])
         result = finished_run(cfg) or api.train(cfg, overwrite=True, verbose=False)
@@ -93,9 +103,11 @@ def _run_setting(config: str, label: str, n_epochs: int, seeds: list[int], outpu
 def recipes_markdown(out: dict[str, Any], plot_name: str) -> str:
     epochs = out["epochs"]
     lines = ["# Patient and consistent: teaching settings x schedule length\n",
-             f"mnist1d, MLP student (2 x 100) distilled from a cnn1d teacher (test "
+             f"{out.get('description', 'mnist1d')} (test "
              f"{100 * out['teacher_accuracy']:.1f}%) with KL at T = 1 only; seeds "
-             f"{out['seeds']}. Total time {out['total_time_s'] / 60:.1f} min.\n",
+             f"{out['seeds']}"
+             + (f"; overrides {', '.join(out['overrides'])}" if out.get("overrides") else "")
+             + f". Total time {out['total_time_s'] / 60:.1f} min.\n",
              "\nTest accuracy % (agreement with the teacher %):\n",
              "| setting | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
              "|---|" + "---|" * len(epochs)]

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kdforge import api
 from kdforge.core.errors import ConfigError
 from kdforge.report.tables import mean_std
@@ -25,9 +27,20 @@ def finished_run(cfg: Any) -> api.RunResult | None:
     """A run of exactly this config that already finished (benchmarks resume for free)."""
     run_dir = api.run_dir_of(cfg)
     summary, config = run_dir / api.SUMMARY_FILE, run_dir / api.CONFIG_FILE
-    if summary.is_file() and config.is_file() and config.read_text() == cfg.to_yaml():
+    if summary.is_file() and same_config(config, cfg):
         return api.RunResult(run_dir, json.loads(summary.read_text()))
     return None
+
+
+def same_config(path: Path, cfg: Any) -> bool:
+    """Whether the run config file ``path`` holds ``cfg`` (compared as data: the order of
+    keys, as a YAML file happened to write them, does not matter)."""
+    if not path.is_file():
+        return False
+    try:
+        return yaml.safe_load(path.read_text()) == yaml.safe_load(cfg.to_yaml())
+    except yaml.YAMLError:
+        return False
 
 
 def write_results(results: str | Path, stem: str, out: dict[str, Any], markdown: str) -> Path:
@@ -65,4 +78,5 @@ def pm(measured: dict[str, Any], scale: float, decimals: int) -> str:
     return f"{mean * scale:.{decimals}f} ± {measured['std'] * scale:.{decimals}f}"
 
 
-__all__ = ["GRID_METRICS", "finished_run", "pm", "select", "stat", "write_results"]
+__all__ = ["GRID_METRICS", "finished_run", "pm", "same_config", "select", "stat",
+           "write_results"]

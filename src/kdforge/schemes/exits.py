@@ -128,7 +128,8 @@ class SelfDistillStep(TrainStep):
             hint_weight), width
         self.heads = nn.ModuleList()
         self.exit_shapes: dict[str, list[int]] = {}
-        self._tap = FeatureTap(network, [*exits, self.feature])  # unknown names refused here
+        # unknown names are refused here
+        self._tap = FeatureTap(network, [*exits, self.feature], role="network")
 
     # -- the TrainStep contract -----------------------------------------------------------
     def trained_modules(self) -> dict[str, nn.Module]:
