@@ -25,9 +25,15 @@ class Row:
 
     label: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""  # shown after the label (a scheme's records, an unfinished run)
 
     def values(self, key: str) -> list[float]:
-        return [r["test"][key] for r in self.runs if r["test"].get(key) is not None]
+        return [r["test"][key] for r in self.runs
+                if isinstance(r.get("test"), dict) and r["test"].get(key) is not None]
+
+    def summary_values(self, key: str) -> list[float]:
+        """A top-level number of every run's summary (``student_params``, ``latency_ms``)."""
+        return [r[key] for r in self.runs if isinstance(r.get(key), (int, float))]
 
     def stat(self, key: str) -> tuple[float, float, int]:
         """Mean, sample standard deviation and count of a test metric over seeds."""
@@ -59,29 +65,39 @@ def build_rows(groups: Mapping[str, Sequence[str | os.PathLike]]) -> list[Row]:
     return [Row(label, load_summaries(dirs)) for label, dirs in groups.items()]
 
 
-def _cell(row: Row, key: str, scale: float, decimals: int) -> str:
-    mean, std, n = row.stat(key)
+def format_stat(values: Sequence[float], scale: float = 1.0, decimals: int = 1,
+                thousands: bool = False, zero_spread: bool = True) -> str:
+    """``mean ± std`` of ``values`` (sample std; the mean alone for one value, or when the
+    spread is 0 and not ``zero_spread``; ``-`` for none), scaled."""
+    mean, std, n = mean_std(values)
     if n == 0:
         return "-"
-    if n == 1:
-        return f"{mean * scale:.{decimals}f}"
-    return f"{mean * scale:.{decimals}f} ± {std * scale:.{decimals}f}"
+    spec = f",.{decimals}f" if thousands else f".{decimals}f"
+    if n == 1 or (std == 0.0 and not zero_spread):
+        return f"{mean * scale:{spec}}"
+    return f"{mean * scale:{spec}} ± {std * scale:{spec}}"
+
+
+def _cell(row: Row, key: str, scale: float, decimals: int) -> str:
+    return format_stat(row.values(key), scale, decimals)
 
 
 def table_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells: params, seeds, test metrics (mean ± std), ms/batch."""
-    batch = next((r.first("latency_batch") for r in rows if r.runs), None)
+    """Header and string cells: params, seeds, test metrics (mean ± std over seeds),
+    ms/batch (mean ± std; ``-`` where a run did not measure it)."""
+    batch = next((r.first("latency_batch") for r in rows if r.runs and r.first("latency_batch")),
+                 None)
     header = ["model", "params", "seeds", *[c[1] for c in TEST_COLUMNS],
-              f"ms/batch ({batch})"]
+              f"ms/batch ({batch})" if batch else "ms/batch"]
     body = []
     for row in rows:
-        latency = mean_std([r["latency_ms"] for r in row.runs])[0]
         body.append([
-            row.label,
-            f"{row.first('student_params'):,}",
+            row.label + (f" ({row.note})" if row.note else ""),
+            format_stat(row.summary_values("student_params"), decimals=0, thousands=True,
+                        zero_spread=False),
             str(len(row.runs)),
             *[_cell(row, key, scale, dec) for key, _, scale, dec in TEST_COLUMNS],
-            f"{latency:.3f}",
+            format_stat(row.summary_values("latency_ms"), decimals=3),
         ])
     return header, body
 
