@@ -72,16 +72,16 @@ def test_global_rng_states_are_restored(kdforge_cache: Path) -> None:
     random.setstate(before[0])
     np.random.set_state(before[1])
     # ... but kdforge puts them back when it generates (fresh cache: no cache hit)
-    load_dataset("mnist1d", num_samples=100, seed=3)
+    load_dataset("mnist1d", num_samples=100, draw_seed=3)
     assert_same_states(before, rng_snapshot())
-    load_dataset("mnist1d", num_samples=100, seed=3, cache=False)
+    load_dataset("mnist1d", num_samples=100, draw_seed=3, cache=False)
     assert_same_states(before, rng_snapshot())
 
 
 def test_cache_hit_returns_identical_arrays(
     kdforge_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = load_dataset("mnist1d", num_samples=200, seed=5)
+    first = load_dataset("mnist1d", num_samples=200, draw_seed=5)
     files = list((kdforge_cache / "mnist1d").glob("*.npz"))
     assert len(files) == 1 and "n200_s5" in files[0].name
     assert not list((kdforge_cache / "mnist1d").glob("*.tmp"))
@@ -91,28 +91,28 @@ def test_cache_hit_returns_identical_arrays(
 
     with monkeypatch.context() as mp:
         mp.setattr(mnist1d.data, "make_dataset", no_generation)
-        second = load_dataset("mnist1d", num_samples=200, seed=5)
+        second = load_dataset("mnist1d", num_samples=200, draw_seed=5)
     assert torch.equal(first.train.inputs, second.train.inputs)
     assert torch.equal(first.test.targets, second.test.targets)
     # other options are other cache entries
-    other = load_dataset("mnist1d", num_samples=200, seed=6)
+    other = load_dataset("mnist1d", num_samples=200, draw_seed=6)
     assert not torch.equal(first.train.inputs, other.train.inputs)
     assert len(list((kdforge_cache / "mnist1d").glob("*.npz"))) == 2
 
 
 @pytest.mark.parametrize("garbage", [b"", b"not a zip file at all", b"PK\x03\x04truncated"])
 def test_corrupt_cache_is_regenerated(kdforge_cache: Path, garbage: bytes) -> None:
-    first = load_dataset("mnist1d", num_samples=100, seed=1)
+    first = load_dataset("mnist1d", num_samples=100, draw_seed=1)
     (path,) = (kdforge_cache / "mnist1d").glob("*.npz")
     path.write_bytes(garbage)
-    again = load_dataset("mnist1d", num_samples=100, seed=1)
+    again = load_dataset("mnist1d", num_samples=100, draw_seed=1)
     assert torch.equal(first.train.inputs, again.train.inputs)
     with np.load(path) as npz:  # and the cache file was rewritten
         assert npz["x"].shape == (80, 40)
 
 
 def test_wrong_shaped_cache_is_regenerated(kdforge_cache: Path) -> None:
-    first = load_dataset("mnist1d", num_samples=100, seed=1)
+    first = load_dataset("mnist1d", num_samples=100, draw_seed=1)
     (path,) = (kdforge_cache / "mnist1d").glob("*.npz")
     np.savez(
         path,
@@ -122,5 +122,5 @@ def test_wrong_shaped_cache_is_regenerated(kdforge_cache: Path) -> None:
         y_test=np.zeros(1),
         t=np.zeros(40),
     )
-    again = load_dataset("mnist1d", num_samples=100, seed=1)
+    again = load_dataset("mnist1d", num_samples=100, draw_seed=1)
     assert torch.equal(first.train.inputs, again.train.inputs)

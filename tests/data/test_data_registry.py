@@ -86,12 +86,12 @@ def test_digits_test_split_ignores_run_seeds() -> None:
 
 def test_synthetic_is_deterministic() -> None:
     a = load_dataset("synthetic")
-    b = load_dataset("synthetic", seed=0)
+    b = load_dataset("synthetic", draw_seed=0)
     assert a.input_shape == (1, 8, 8) and a.num_classes == 4 and a.source == "generated"
     assert len(a.train) == 256 and len(a.test) == 128
     assert torch.equal(a.train.inputs, b.train.inputs)
     assert torch.equal(a.test.targets, b.test.targets)
-    c = load_dataset("synthetic", seed=1)
+    c = load_dataset("synthetic", draw_seed=1)
     assert not torch.equal(a.train.inputs, c.train.inputs)
     # balanced classes, and the test set does not depend on the training set size
     assert torch.bincount(a.train.targets).tolist() == [64] * 4

@@ -74,7 +74,7 @@ def test_train_fidelity_is_measured_against_the_teacher_on_the_training_inputs(
 def test_unlabelled_inputs_are_labelled_by_the_teacher_and_enlarge_the_set(
         tmp_path, teacher_run):
     unlabelled = {"name": "synthetic", "num_train": 64, "num_test": 8, "num_classes": 4,
-                  "seed": 3}
+                  "draw_seed": 3}
     cfg = ts_config(tmp_path, teacher_run, sets=["original", "unlabelled"],
                     unlabelled=unlabelled)
     api.train(cfg, verbose=False)

@@ -127,7 +127,7 @@ def test_check_run_checks_length_classes_shape_and_samples(tmp_path):
 # --- end to end: generated stores and runs -----------------------------------------------------
 
 def mnist1d(seed, **extra):
-    return {"name": "mnist1d", "num_samples": 200, "seed": seed, "val_fraction": 0.1,
+    return {"name": "mnist1d", "num_samples": 200, "draw_seed": seed, "val_fraction": 0.1,
             "batch_size": 36, **extra}
 
 
@@ -150,7 +150,7 @@ def test_a_store_of_another_mnist1d_draw_is_refused_before_training(tmp_path, mn
     recorded = store.meta["dataset"]
     run_data = api.build_data(parse_config({**synthetic_config(tmp_path), "data": mnist1d(7)}))
     assert recorded["fingerprint"] == split_fingerprint(run_data.train)
-    assert recorded["options"] == {"num_samples": 200, "seed": 7}
+    assert recorded["options"] == {"num_samples": 200, "draw_seed": 7}
 
     def run(name, data):
         cfg = synthetic_config(tmp_path, name=name, teacher={"store": path},
@@ -158,10 +158,10 @@ def test_a_store_of_another_mnist1d_draw_is_refused_before_training(tmp_path, mn
         cfg["data"] = data
         return api.train(parse_config(cfg), verbose=False)
 
-    with pytest.raises(StoreError) as err:  # the reported bug: data.seed=8, same size
+    with pytest.raises(StoreError) as err:  # the reported bug: data.draw_seed=8, same size
         run("seed8", mnist1d(8))
     text = str(err.value)
-    assert "options.seed=8 (store: 7)" in text and "other training samples" in text
+    assert "options.draw_seed=8 (store: 7)" in text and "other training samples" in text
     assert not (tmp_path / "runs" / "seed8" / "summary.json").exists()
     # another val_fraction (and size) with the same training length: 240 * 0.8 * 0.75 = 144
     with pytest.raises(StoreError, match=r"other training samples.*options\.num_samples=240 "
@@ -178,13 +178,13 @@ def test_views_from_a_store_of_other_samples_is_refused(tmp_path, mnist1d_store)
                         "view": {"name": "consistent", "scale": [0.8, 1.0]},
                         "store": {"views_per_sample": 2, "top_k": 3, "views_from": path}},
                        kind=SoftLabelConfig)
-    with pytest.raises(StoreError, match="options.seed=8 \\(store: 7\\)"):
+    with pytest.raises(StoreError, match="options.draw_seed=8 \\(store: 7\\)"):
         generate(cfg, verbose=False)
 
 
 def test_the_fingerprint_of_a_real_split_tells_draws_apart():
-    a = load_dataset("mnist1d", num_samples=200, seed=7).train
-    b = load_dataset("mnist1d", num_samples=200, seed=8).train
+    a = load_dataset("mnist1d", num_samples=200, draw_seed=7).train
+    b = load_dataset("mnist1d", num_samples=200, draw_seed=8).train
     assert len(a) == len(b)
     fa, fb = split_fingerprint(a), split_fingerprint(b)
     assert fa["inputs"] != fb["inputs"] and fa["unordered"] != fb["unordered"]

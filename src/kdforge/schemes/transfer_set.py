@@ -116,7 +116,7 @@ class TransferSet(Scheme):
                                           "exist; run configs/schemes/deepinversion.yaml first")
         require("unlabelled" not in o.sets or o.unlabelled is not None,
                 "transfer set 'unlabelled' needs 'unlabelled': a data section, e.g. "
-                "{name: mnist1d, seed: 7}")
+                "{name: mnist1d, draw_seed: 7}")
 
     def run(self, cfg: RunConfig, runner: Runner) -> list[dict[str, Any]]:
         self.check(cfg)

@@ -20,8 +20,11 @@ and ``cifar10``/``cifar100``/``image_folder`` read files the user placed on disk
 
 One module per source: :mod:`~kdforge.data.datasets.base` (the contract, the registry,
 :func:`load_dataset`, the cache folder), ``arrays`` (:class:`ArrayDataset`), ``splits``
-(:func:`split_train_val`, :func:`mean_std`), ``image_folder``, ``digits``, ``mnist1d``,
-``synthetic`` and ``cifar``.
+(:func:`split_train_val`, :func:`train_and_val`, :func:`mean_std`), ``options`` (each
+loader's options: defaults, types, renamed names), ``normalized`` (per-channel input
+normalisation), ``image_folder``, ``digits``, ``mnist1d``, ``synthetic``, ``cifar`` and
+``array_files`` (the ``arrays`` loader: one's own ``.npz``/``.npy`` files). Every data set's
+options are listed in ``docs/data.md`` and by ``kdforge list datasets``.
 """
 
 # The loaders are imported in this order so that they register in the order they always had.
@@ -35,7 +38,7 @@ from kdforge.data.datasets.base import (
     load_dataset,
 )
 from kdforge.data.datasets.arrays import ArrayDataset
-from kdforge.data.datasets.splits import mean_std, split_train_val
+from kdforge.data.datasets.splits import mean_std, split_train_val, train_and_val
 from kdforge.data.datasets.digits import DIGITS_SOURCE as DIGITS_SOURCE, load_digits as load_digits
 from kdforge.data.datasets.mnist1d import (
     MNIST1D_SOURCE as MNIST1D_SOURCE,
@@ -57,6 +60,9 @@ from kdforge.data.datasets.cifar import (
     load_cifar10 as load_cifar10,
     load_cifar100 as load_cifar100,
 )
+from kdforge.data.datasets.array_files import ARRAYS_SOURCE as ARRAYS_SOURCE, load_arrays as load_arrays
+from kdforge.data.datasets.normalized import NormalizedDataset, normalize_splits
+from kdforge.data.datasets.options import describe_options, option_defaults
 # isort: on
 
 __all__ = [
@@ -66,8 +72,13 @@ __all__ = [
     "DataSplits",
     "ImageFolderDataset",
     "LabeledDataset",
+    "NormalizedDataset",
     "cache_dir",
+    "describe_options",
     "load_dataset",
     "mean_std",
+    "normalize_splits",
+    "option_defaults",
     "split_train_val",
+    "train_and_val",
 ]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from kdforge.core.errors import ConfigError, DataError
 from kdforge.core.registry import Registry, call_with_checked_kwargs
+from kdforge.data.datasets.options import check_option_types, check_renamed
 
 Indices = Sequence[int] | Tensor | np.ndarray
 
@@ -146,12 +147,16 @@ class DataSplits:
     """The train and test sets of a named data set, with what models need to know.
 
     Attributes:
-        train: the training set (split off a validation set with :func:`split_train_val`).
+        train: the training set (split off a validation set with :func:`split_train_val`
+            unless ``val`` is given).
         test: the held-out test set (never used for model selection).
         num_classes: number of classes.
         input_shape: shape of one input sample, e.g. ``(3, 32, 32)``.
         name: the registry name the splits were loaded under.
         source: where the data comes from (a citation, or ``"generated"``).
+        val: an explicit validation set the data set provides (``arrays`` with ``val:``,
+            ``image_folder`` with ``val_root:``); None: a run carves ``val_fraction`` of
+            ``train`` instead (:func:`kdforge.api.build_data`).
     """
 
     train: LabeledDataset
@@ -160,6 +165,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     name: str
     source: str
+    val: LabeledDataset | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -181,10 +187,14 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
 
     Raises:
         ConfigError: unknown ``name`` (with close matches), an option the loader does not
-            take (listing the allowed ones), a missing required option, or a bad value.
+            take (listing the allowed ones), a renamed option (naming its new name), a
+            missing required option, a value of the wrong type
+            (:mod:`~kdforge.data.datasets.options`) or a bad value.
         DataError: the data files are missing or malformed.
     """
     factory = DATASETS.get(name)
+    check_renamed(name, factory, options)
+    check_option_types(name, factory, options)
     params = inspect.signature(factory).parameters
     required = [
         p

@@ -139,7 +139,7 @@ def _cifar_dataset(images: Tensor, labels: Tensor, classes: list[str], path: Pat
 
 
 @DATASETS.register("cifar10", source=CIFAR10_SOURCE)
-def load_cifar10(root: str) -> DataSplits:
+def load_cifar10(root: str | os.PathLike[str]) -> DataSplits:
     """CIFAR-10 (50000 train / 10000 test 32x32 colour images, 10 classes) from local files.
 
     ``root`` is the extracted ``cifar-10-batches-py`` folder or its parent. Pixels are
@@ -160,7 +160,7 @@ def load_cifar10(root: str) -> DataSplits:
 
 
 @DATASETS.register("cifar100", source=CIFAR100_SOURCE)
-def load_cifar100(root: str, label_type: str = "fine") -> DataSplits:
+def load_cifar100(root: str | os.PathLike[str], label_type: str = "fine") -> DataSplits:
     """CIFAR-100 (50000 train / 10000 test 32x32 colour images) from local files.
 
     ``root`` is the extracted ``cifar-100-python`` folder or its parent. ``label_type``

@@ -238,17 +238,28 @@ IMAGE_FOLDER_SOURCE = "local image folder (root/CLASS_NAME/*.png|jpg|jpeg|bmp)"
 
 @DATASETS.register("image_folder", source=IMAGE_FOLDER_SOURCE)
 def load_image_folder(
-    root: str,
-    test_root: str | None = None,
+    root: str | os.PathLike[str],
+    test_root: str | os.PathLike[str] | None = None,
     test_fraction: float = 0.2,
     split_seed: int = 0,
     image_size: int | Sequence[int] | None = None,
     mode: str = "RGB",
+    val_root: str | os.PathLike[str] | None = None,
 ) -> DataSplits:
     """Images in ``root/CLASS_NAME/`` (read lazily); test set from ``test_root`` or a split.
 
-    Without ``test_root``, a stratified ``test_fraction`` of ``root`` is held out with the
-    fixed ``split_seed``. With it, ``test_root`` must have the same class subfolders.
+    Options:
+        root: the training folder, one subfolder per class (required).
+        test_root: a test folder with the same class subfolders; None: a stratified
+            ``test_fraction`` of ``root`` is held out with the fixed ``split_seed``.
+        test_fraction: the share of ``root`` held out for testing without ``test_root``.
+        split_seed: the seed of that split (fixed, so the test set never depends on a
+            run's seed).
+        image_size: ``int`` or ``(height, width)`` to resize every image to (bilinear);
+            None keeps the images' size (they must then all be the same size).
+        mode: ``"RGB"`` (3 channels) or ``"L"`` (grey scale, 1 channel).
+        val_root: an explicit validation folder with the same class subfolders; a run
+            then validates on it instead of carving ``data.val_fraction`` from train.
     """
     train_full = ImageFolderDataset(root, image_size=image_size, mode=mode)
     if test_root is None:
@@ -256,14 +267,9 @@ def load_image_folder(
         train, test = _split_or_error(train_full, test_fraction, split_seed, "test_fraction")
     else:
         train = train_full
-        test = ImageFolderDataset(
-            test_root, image_size=image_size, mode=mode, classes=train_full.classes
-        )
-        if test.input_shape != train.input_shape:
-            raise DataError(
-                f"images in {test_root} are {test.input_shape[1:]} (HxW) but those in {root} "
-                f"are {train.input_shape[1:]}; pass image_size=(H, W) to resize all images"
-            )
+        test = _matching_folder(train_full, test_root, root, image_size, mode)
+    val = None if val_root is None else _matching_folder(train_full, val_root, root,
+                                                         image_size, mode)
     return DataSplits(
         train,
         test,
@@ -271,4 +277,23 @@ def load_image_folder(
         train_full.input_shape,
         "image_folder",
         f"{IMAGE_FOLDER_SOURCE}: {train_full.root}",
+        val=val,
     )
+
+
+def _matching_folder(
+    train: ImageFolderDataset,
+    folder: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    image_size: int | Sequence[int] | None,
+    mode: str,
+) -> ImageFolderDataset:
+    """The images of ``folder`` (a test or validation folder): the training folder's classes
+    and image size, else ``DataError``."""
+    other = ImageFolderDataset(folder, image_size=image_size, mode=mode, classes=train.classes)
+    if other.input_shape != train.input_shape:
+        raise DataError(
+            f"images in {folder} are {other.input_shape[1:]} (HxW) but those in {root} "
+            f"are {train.input_shape[1:]}; pass image_size=(H, W) to resize all images"
+        )
+    return other

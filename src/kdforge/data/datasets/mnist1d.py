@@ -19,6 +19,7 @@ import torch
 from kdforge.core.errors import ConfigError, DataError
 from kdforge.data.datasets.arrays import ArrayDataset
 from kdforge.data.datasets.base import DATASETS, DataSplits, _atomic_savez, _positive_int, cache_dir
+from kdforge.data.datasets.options import DRAW_SEED_REASON, renamed_options
 
 MNIST1D_SOURCE = (
     "Greydanus 2020, Scaling down deep learning (MNIST-1D), arXiv:2011.14439; generated "
@@ -83,22 +84,31 @@ def _mnist1d_read_cache(
 
 
 @DATASETS.register("mnist1d", source=MNIST1D_SOURCE)
-def load_mnist1d(num_samples: int = 5000, seed: int = 42, cache: bool = True) -> DataSplits:
+@renamed_options({"seed": "draw_seed"}, reason=DRAW_SEED_REASON)
+def load_mnist1d(num_samples: int = 5000, draw_seed: int = 42, cache: bool = True) -> DataSplits:
     """MNIST-1D: 1-D signals of length 40 in 10 classes (default 4000 train / 1000 test).
 
     Generated with ``mnist1d.data.make_dataset`` using the paper's settings (80/20 split,
     seed 42); the values are used as generated (make_dataset already centres them and
-    scales them to unit standard deviation over the whole set). ``num_samples`` must be
-    a multiple of 10 (the generator makes ``num_samples // 10`` per class). The global
-    RNG states are restored after generation. The arrays are cached as an .npz under
-    :func:`cache_dir` keyed by the options (``cache=False`` skips the cache).
+    scales them to unit standard deviation over the whole set). The global RNG states are
+    restored after generation.
+
+    Options:
+        num_samples: train + test signals; a multiple of 10 (the generator makes
+            ``num_samples // 10`` per class), 80% train, 20% test.
+        draw_seed: the seed of the generator that draws the signals (the mnist1d
+            package's ``seed``; formerly this option's name too). Another value is
+            another data set; the run's top-level ``seed`` never changes the samples.
+        cache: keep the arrays as an .npz under :func:`cache_dir`, keyed by the options
+            (file names as before the rename); false regenerates every time.
     """
     num_samples = _positive_int("num_samples", num_samples, minimum=10)
     if num_samples % 10:
         raise ConfigError(
             f"num_samples must be a multiple of 10 (10 classes, equal counts), got {num_samples}"
         )
-    seed = _positive_int("seed", seed, minimum=0)
+    seed = _positive_int("draw_seed", draw_seed, minimum=0)
+    # "seed" is the mnist1d package's name for it; the cache key (and file name) keep it.
     args_dict: dict[str, Any] = {"num_samples": num_samples, "seed": seed}
     train_split, length = 0.8, 40
     n_train = int(num_samples * train_split)

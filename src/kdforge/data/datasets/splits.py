@@ -10,7 +10,7 @@ from torch import Tensor
 
 from kdforge.core.errors import ConfigError, DataError
 from kdforge.data.datasets.arrays import ArrayDataset
-from kdforge.data.datasets.base import LabeledDataset, _check_fraction
+from kdforge.data.datasets.base import DataSplits, LabeledDataset, _check_fraction
 
 
 def _stratified_split(targets: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -92,6 +92,27 @@ def split_train_val(
     if val_fraction == 0:
         return dataset, None
     return _split_or_error(dataset, val_fraction, seed, "val_fraction")
+
+
+def train_and_val(
+    splits: DataSplits, val_fraction: float, seed: int, *, default_fraction: float
+) -> tuple[LabeledDataset, LabeledDataset | None]:
+    """A run's (train, validation): the data set's explicit ``splits.val`` when it has one,
+    else ``val_fraction`` of ``splits.train`` (:func:`split_train_val`).
+
+    With an explicit validation set, ``val_fraction`` must be 0 or left at its default
+    (``default_fraction``, then ignored): another value would carve a second validation set
+    out of train, so it raises ``ConfigError`` saying to remove it.
+    """
+    if splits.val is None:
+        return split_train_val(splits.train, val_fraction, seed)
+    if float(val_fraction) not in (0.0, float(default_fraction)):
+        raise ConfigError(
+            f"dataset {splits.name!r} has an explicit validation set, so data.val_fraction="
+            f"{val_fraction} would carve a second one out of train; remove data.val_fraction "
+            "(or drop the data set's validation option to carve it instead)"
+        )
+    return splits.train, splits.val
 
 
 def _iter_batches(dataset: LabeledDataset, batch_size: int) -> Iterator[Tensor]:
