@@ -119,7 +119,7 @@ def plan(hits: dict[str, int], per_point: int, timed: int, rng: random.Random) -
     for point, count in sorted(hits.items()):
         chosen = sorted(rng.sample(range(1, count + 1), min(per_point, count)))
         trials += [("fault", point, n) for n in chosen]
-    trials += [("time", round(rng.uniform(0.2, 0.95), 3)) for _ in range(timed)]
+    trials += [("time", round(rng.uniform(0.1, 0.9), 3)) for _ in range(timed)]
     rng.shuffle(trials)
     return trials
 

@@ -117,3 +117,21 @@ def test_soft_labels_killed_mid_shard_write_resume_to_the_same_store(tmp_path, t
              verbose=False)
     assert not temporaries(store)  # the shard's writer removed its own leftover
     assert tree_differences(ref, cut) == []
+
+
+def test_closing_a_store_again_removes_what_a_killed_close_left(tmp_path):
+    import torch
+
+    from kdforge.store import SoftLabelStoreWriter
+    from tests.store.builders import META, layout_of, random_views
+
+    layout = layout_of()
+    writer = SoftLabelStoreWriter(tmp_path, layout, META, samples_per_shard=5)
+    views = random_views(layout, layout.num_records, torch.Generator().manual_seed(0))
+    V = layout.views_per_sample
+    for shard in range(writer.num_shards):
+        lo, hi = writer.shard_samples(shard)
+        writer.write_shard(shard, writer.encode(**{k: v[lo * V:hi * V] for k, v in views.items()}))
+    (tmp_path / ".meta.json.x1y2z3.tmp").write_text('{"format": ')  # killed mid-close
+    writer.close()
+    assert not temporaries(tmp_path) and (tmp_path / "meta.json").is_file()
