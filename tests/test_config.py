@@ -59,7 +59,9 @@ def test_yaml_roundtrip_and_file_errors(tmp_path):
     cfg = parse_config({**BASE, "losses": [{"name": "kd", "weight": 0.9, "T": 4}]})
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
-    assert load_config(path) == cfg
+    assert load_config(path, relative_to_file=False) == cfg
+    # a relative output_dir in a file is relative to the file (kdforge.config_paths)
+    assert load_config(path).output_dir == str(tmp_path / cfg.output_dir)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("data: [unclosed")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 _TEACHER = ("teacher[].run", "teacher[].weights", "teacher[].store", "teacher[].init")
-_DATA = ("data.root", "data.train", "data.val", "data.test")
+_DATA = ("data.root", "data.test_root", "data.val_root", "data.train[]", "data.val[]",
+         "data.test[]")
 
 #: config kind (class name) -> the paths its files may hold
 PATHS: dict[str, tuple[str, ...]] = {

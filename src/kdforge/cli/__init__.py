@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kdforge.cli import bench, run, tools  # noqa: F401  (each registers its commands)
+from kdforge.cli import bench, doctor, report, run, tools  # noqa: F401  (each registers its commands)
 from kdforge.cli.base import COMMANDS, Parser
 from kdforge.core.errors import KDForgeError
 
@@ -63,18 +63,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    code = 1
     try:
-        return COMMANDS[args._command].run(args)
+        code = COMMANDS[args._command].run(args)
+        return code
     except KDForgeError as exc:
         print(f"kdforge: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+        return code
     except KeyboardInterrupt:
         print("kdforge: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
+        code = 130
+        return code
     finally:
         from kdforge.engine.distributed import shutdown
 
-        shutdown()  # leave the torchrun process group cleanly (no abort at exit)
+        shutdown(wait_for_all=code == 0)  # leave the torchrun process group cleanly
 
 
 __all__ = ["main"]

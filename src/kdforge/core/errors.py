@@ -31,6 +31,12 @@ class CheckpointError(KDForgeError):
     """A checkpoint or run directory cannot be read, or does not match the run."""
 
 
+class RunDirError(KDForgeError, OSError):
+    """An output directory cannot take a run's files: it is a file, it is not writable, or
+    the disk is full; the message names the path and says to free space or choose another
+    ``output_dir``."""
+
+
 class StoreError(KDForgeError):
     """A soft-label store is missing, corrupt, or does not match the run that reads it."""
 

@@ -48,8 +48,15 @@ def init(device: torch.device) -> DistEnv:
     return env
 
 
-def shutdown() -> None:
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leave the process group. Every process that joined one must, before it exits: a gloo
+    group left to the interpreter's teardown destroys its threads unjoined, which aborts the
+    process now and then (``terminate called without an active exception``, SIGABRT).
+    ``wait_for_all``: first wait until every rank got here (after a command that succeeded
+    on all of them), so no rank tears its connections down while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

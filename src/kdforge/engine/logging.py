@@ -23,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from kdforge.core.files import write_text
+
 METRICS = "metrics.jsonl"
 
 
@@ -40,21 +42,21 @@ class MetricsLog:
 
     def read(self) -> list[dict[str, Any]]:
         """The records written so far (oldest first)."""
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_metrics(self.path.parent)
 
     def truncate_after(self, epoch: int) -> None:
-        """Drop records past ``epoch`` (written after the checkpoint a resume starts from)."""
+        """Drop records past ``epoch`` (written after the checkpoint a resume starts from),
+        and a torn last line (a process killed or a disk filled mid-append); atomically."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [json.dumps(r) for r in read_metrics(self.path.parent)
+                if r.get("epoch", 0) <= epoch]
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
 
 class TensorBoardLog:
-    """Mirrors each epoch record into TensorBoard event files in ``run_dir/tensorboard``."""
+    """Mirrors each epoch record into TensorBoard event files in ``run_dir/tensorboard``
+    (``metrics.jsonl`` is written in any case)."""
 
     def __init__(self, run_dir: Path) -> None:
         try:
@@ -63,9 +65,21 @@ class TensorBoardLog:
             from kdforge.core.errors import ConfigError
 
             raise ConfigError(
-                "train.tensorboard needs the tensorboard package: pip install 'kdforge[tensorboard]'"
+                "train.tensorboard is true but the tensorboard package is not installed: "
+                "pip install 'kdforge[tensorboard]', or set train.tensorboard=auto (write "
+                "events only when it is installed) or false"
             ) from None
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    @classmethod
+    def open(cls, run_dir: Path, setting: bool | str) -> TensorBoardLog | None:
+        """The log for ``train.tensorboard``: ``False`` -> none; ``True`` -> one (an error
+        if tensorboard is missing); ``"auto"`` -> one when tensorboard imports."""
+        if setting is False:
+            return None
+        if setting == "auto" and not tensorboard_available():
+            return None
+        return cls(run_dir)
 
     def append(self, record: dict[str, Any]) -> None:
         for key, value in record.items():
@@ -77,11 +91,34 @@ class TensorBoardLog:
         self.writer.close()
 
 
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` imports (the ``tensorboard`` extra)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except Exception:  # missing, or installed but broken (a protobuf mismatch)
+        return False
+    return True
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl``; a torn last line (killed mid-append) is
+    skipped, a torn line before others is an error naming the file."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            from kdforge.core.errors import CheckpointError
+
+            raise CheckpointError(f"{str(path)!r} line {i + 1} is not JSON; the file is "
+                                  "damaged: start the run again (--overwrite)") from None
+    return records
 
 
 def interactive() -> bool:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from kdforge.config import OptimConfig, ScheduleConfig, TrainConfig
 from kdforge.core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from kdforge.core.faults import fault_point
 from kdforge.core.outputs import StepResult
 from kdforge.core.source import BatchSource, SourceContext
 from kdforge.core.step import StepContext, StepRecord, TrainStep, check_groups, module_state
@@ -38,6 +39,7 @@ from kdforge.engine.checkpoint import (
 )
 from kdforge.engine.logging import MetricsLog, ProgressReporter, TensorBoardLog
 from kdforge.engine.metrics import evaluate
+from kdforge.engine.recovery import ADVICE, Recovery, check_weights, rescale
 from kdforge.engine.runtime import (
     AUTOCAST,
     epoch_seed,
@@ -105,6 +107,8 @@ class Trainer:
             raise ConfigError("train.precision fp16 needs CUDA; on the CPU use bf16 or fp32")
         self.history: list[dict[str, Any]] = []
         self.resumed_seconds = 0.0  # training time of the epochs before a resumed checkpoint
+        self.lr_scale = 1.0  # learning rates x this (lowered after a non-finite loss)
+        self.resume_lr_scale = 1.0  # applied once on resume (kdforge train --lr-scale)
         self.epoch = 0
         self.global_step = 0
 
@@ -174,6 +178,7 @@ class Trainer:
             "modules": {name: module.state_dict()
                         for name, module in module_state(self.train_step.state_modules())},
             "updater": self.updater.state_dict(),
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -195,8 +200,10 @@ class Trainer:
         self.updater.load_state_dict(state["updater"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
     def _save(self) -> None:
+        check_weights(self)  # a checkpoint never holds NaN weights: the last good one stays
         if self.run_dir is None or not self.env.is_main:
             return
         save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
@@ -231,11 +238,13 @@ class Trainer:
             if self.run_dir is not None and self.env.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 log = MetricsLog(self.run_dir)
-                board = TensorBoardLog(self.run_dir) if self.cfg.tensorboard else None
+                board = TensorBoardLog.open(self.run_dir, self.cfg.tensorboard)
             if resume:
                 if self.run_dir is None:
                     raise CheckpointError("resume needs a run directory")
                 self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT))
+                if self.resume_lr_scale != 1.0:
+                    rescale(self, self.resume_lr_scale)
                 if log is not None:  # the epochs before the checkpoint, as logged
                     log.truncate_after(self.epoch)
                     self.history = log.read()
@@ -244,10 +253,16 @@ class Trainer:
                 log.path.unlink()
         progress = ProgressReporter(self.verbose and self.env.is_main, self.cfg.epochs,
                                     self.steps_per_epoch, self.title)
+        recovery = Recovery(self)
+        recovery.snapshot()
         try:
             while self.epoch < self.cfg.epochs:
-                with run_settings(self.cfg.deterministic):
-                    record = self._epoch(progress, log, board)
+                try:
+                    with run_settings(self.cfg.deterministic):
+                        record = self._epoch(progress, log, board)
+                except NonFiniteLossError as error:
+                    recovery.restart(error, log)  # or re-raised
+                    continue
                 yield record
         finally:
             progress.close()
@@ -312,6 +327,7 @@ class Trainer:
         for i, batch in enumerate(self.source.epoch(self.epoch, seed)):
             self.train_step.progress = self.epoch + i / self.steps_per_epoch
             results = self._update(batch, i)
+            fault_point("step")  # KDFORGE_FAULT=step:N kills here (crash tests; else free)
             self.global_step += 1
             n = batch.size
             seen += n
@@ -357,7 +373,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"the loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1} "
                 f"(non-finite parts: {', '.join(parts)}). The last good checkpoint is kept. "
-                "Lower optim.lr, set train.grad_clip (e.g. 5), or use train.precision=fp32."
+                + ADVICE
             )
 
     @torch.no_grad()

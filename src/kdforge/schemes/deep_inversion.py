@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from kdforge.config import RunConfig
 from kdforge.core.errors import ConfigError
+from kdforge.core.files import atomic_write, write_text
 from kdforge.data.datasets.arrays import ArrayDataset
 from kdforge.schemes.base import (
     RunData,
@@ -123,7 +124,7 @@ def synthesize(out: Path, teacher: nn.Module, opts: DeepInversionOptions, *, num
     if written.is_file() and json.loads(written.read_text()) != settings:
         raise ConfigError(f"{str(out)!r} holds a synthesis of other settings; rerun with "
                           "--overwrite or choose another name (--set name=...)")
-    written.write_text(json.dumps(settings, indent=1))
+    write_text(written, json.dumps(settings, indent=1))  # atomic: a kill leaves no torn file
     final = out / SYNTHESIZED
     if final.is_file():
         return final
@@ -137,16 +138,17 @@ def synthesize(out: Path, teacher: nn.Module, opts: DeepInversionOptions, *, num
             generator = torch.Generator().manual_seed(seed * 100_003 + b)
             x, _ = synthesize_batch(teacher, targets, shape, opts, generator=generator,
                                     student=student)
-            save_file({"inputs": x.contiguous(), "targets": targets}, str(path))
+            batch = {"inputs": x.contiguous(), "targets": targets}
+            atomic_write(path, lambda tmp, batch=batch: save_file(batch, tmp))
         saved = load_file(str(path))
         inputs.append(saved["inputs"])
         labels.append(saved["targets"])
     x = torch.cat(inputs)
     with torch.no_grad():
         probs = teacher(x).softmax(1)
-    save_file({"inputs": x, "targets": torch.cat(labels), "teacher_probs": probs,
-               "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64)},
-              str(final))
+    tensors = {"inputs": x, "targets": torch.cat(labels), "teacher_probs": probs,
+               "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64)}
+    atomic_write(final, lambda tmp: save_file(tensors, tmp))
     write_report(out / "report.png", x, probs)
     return final
 

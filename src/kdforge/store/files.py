@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdforge.core.errors import StoreError
+from kdforge.core.faults import fault_point
+from kdforge.core.files import disk_error
 
 if TYPE_CHECKING:
     from kdforge.store.format import StoreLayout
@@ -38,7 +40,10 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write(path: Path, chunks: Iterable[Any]) -> None:
     """Write ``chunks`` (bytes-like) to ``path`` atomically: temporary file in the same
     directory, fsync, ``os.replace``. Readers see the old file or the complete new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise disk_error(path, exc) or exc from None
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -46,10 +51,14 @@ def atomic_write(path: Path, chunks: Iterable[Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        fault_point("write", f"write/{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        error = disk_error(path, exc) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from exc
         raise
     fsync_dir(path.parent)
 

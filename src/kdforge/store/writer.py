@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from kdforge.core.errors import StoreError
+from kdforge.core.faults import fault_point
+from kdforge.core.files import check_writable
 from kdforge.store.files import (
     ShardPlan,
     atomic_write,
@@ -52,7 +54,7 @@ class SoftLabelStoreWriter:
     others (:meth:`pending_shards`), which replaces corrupt or truncated files. Writing a
     shard removes a stale ``meta.json``, so readers never see checksums that no longer match:
     call :meth:`close` again afterwards. Temporary files of a killed writer (``.shard-*.tmp``)
-    may be left behind and can be deleted when no writer runs.
+    are never read; rewriting a shard deletes those of that shard.
 
     Args:
         path: the store directory (created).
@@ -88,6 +90,7 @@ class SoftLabelStoreWriter:
             ).encode()
         ).hexdigest()
         self._closed = False
+        check_writable(self.path)  # a file, read-only or full: refused before any labelling
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -149,7 +152,9 @@ class SoftLabelStoreWriter:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path / META_FILE)
         target = self.shard_path(shard_id)
+        self._remove_leftovers(shard_id)
         atomic_write(target, [raw])
+        fault_point("shard")  # the shard is in place, its checksum not yet: a kill test
         lo, hi = self._plan.samples(shard_id)
         write_json(
             self._sidecar_path(shard_id),
@@ -163,6 +168,14 @@ class SoftLabelStoreWriter:
             },
         )
         return target
+
+    def _remove_leftovers(self, shard_id: int) -> None:
+        """Delete the temporary files a killed write of this shard (or of its sidecar) left:
+        only this shard's writer writes them, so no other process is using them."""
+        for name in (self.shard_path(shard_id).name, self._sidecar_path(shard_id).name):
+            for leftover in self.path.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     def _read_meta_file(self) -> dict[str, Any] | None:
         try:
@@ -261,6 +274,9 @@ class SoftLabelStoreWriter:
             "meta": self.meta,
         }
         target = self.path / META_FILE
+        for leftover in self.path.glob(f".{META_FILE}.*.tmp"):  # a killed close() left it
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         write_json(target, meta)
         self._closed = True
         return target
