@@ -20,6 +20,7 @@ from kdforge.core import (
     NonFiniteLossError,
     Outputs,
     Registry,
+    RunDirError,
     ShapeMismatchError,
     StepResult,
     StoreError,
@@ -37,7 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CE", "DATASETS", "KD", "LOSSES", "MODELS", "Batch", "CheckpointError", "ConfigError",
     "DataError", "Distiller", "EnsembleTeacher", "FeatureTap", "KDForgeError", "LossTerm",
-    "ModuleTeacher", "NonFiniteLossError", "Outputs", "Registry", "ShapeMismatchError",
+    "ModuleTeacher", "NonFiniteLossError", "Outputs", "Registry", "RunDirError",
+    "ShapeMismatchError",
     "SoftCE", "SoftLabelStore", "StepResult", "StoreError", "StoredTeacher", "Teacher", "Trainer", "build_loss", "count_parameters",
     "create_model", "evaluate", "load_dataset", "register_loss", "to_outputs",
 ]

@@ -18,11 +18,12 @@ from torch import nn
 
 from kdforge.config import LossConfig, RunConfig, StoreTeacherConfig, TeacherConfig, load_config
 from kdforge.core.errors import CheckpointError, ConfigError
-from kdforge.core.files import write_json
+from kdforge.core.faults import fault_point
+from kdforge.core.files import check_writable, remove_temporaries, write_json, write_text
 from kdforge.core.source import BatchSource
 from kdforge.core.step import TrainStep
 from kdforge.core.teacher import Teacher
-from kdforge.data.datasets import load_dataset, split_train_val
+from kdforge.data.datasets import load_dataset, normalize_splits, train_and_val
 from kdforge.data.datasets.classes import select_classes
 from kdforge.data.loaders import eval_loader
 from kdforge.data.sources import DatasetSource
@@ -61,15 +62,20 @@ class RunResult:
 # -- building blocks ---------------------------------------------------------------------------
 
 def build_data(cfg: RunConfig) -> Data:
-    """The run's data: the named data set, restricted to ``data.classes`` if given, with
-    validation carved from train."""
-    splits = load_dataset(cfg.data.name, **cfg.data.options)
+    """The run's data: the named data set, normalised as ``data.normalize`` says, restricted
+    to ``data.classes`` if given, validated on the data set's own validation set if it has
+    one, else on ``data.val_fraction`` carved from train."""
+    splits = normalize_splits(load_dataset(cfg.data.name, **cfg.data.options),
+                              cfg.data.normalize)
     if cfg.data.classes is not None:
         subset = {"classes": cfg.data.classes, "rest": cfg.data.rest}
         train = select_classes(splits.train, rest_ratio=cfg.data.rest_ratio, **subset)
+        val = select_classes(splits.val, **subset) if splits.val is not None else None
         splits = replace(splits, train=train, test=select_classes(splits.test, **subset),
-                         num_classes=train.num_classes)
-    train, val = split_train_val(splits.train, cfg.data.val_fraction, VAL_SPLIT_SEED)
+                         val=val, num_classes=train.num_classes)
+    default = type(cfg.data).model_fields["val_fraction"].default
+    train, val = train_and_val(splits, cfg.data.val_fraction, VAL_SPLIT_SEED,
+                               default_fraction=default)
     return Data(splits, train, val, splits.test)
 
 
@@ -143,11 +149,20 @@ def build_teaching(cfg: RunConfig, data: Data) -> Teaching:
         run = open_store_run(stores[0], data.train, input_shape=shape, num_classes=k,
                              data_cfg=cfg.data, batch_size=cfg.data.batch_size,
                              num_workers=cfg.data.num_workers)
-        return Teaching(run.teacher, run.source, run.eval_teacher)
+        return Teaching(run.teacher, run.source, _eval_teacher(cfg, k, shape, run.eval_teacher))
     teacher = build_teacher(cfg, k, shape)
     source = DatasetSource(data.train, cfg.data.batch_size, view=build_run_view(cfg, k, shape),
                            num_workers=cfg.data.num_workers)
-    return Teaching(teacher, source, teacher)
+    return Teaching(teacher, source, _eval_teacher(cfg, k, shape, teacher))
+
+
+def _eval_teacher(cfg: RunConfig, num_classes: int, input_shape: tuple[int, ...],
+                  default: nn.Module | None) -> nn.Module | None:
+    """The teacher fidelity is measured against: ``eval_teacher`` if set (it never
+    teaches), else the run's own."""
+    if cfg.eval_teacher is None:
+        return default
+    return _one_teacher(cfg.eval_teacher, num_classes, input_shape)
 
 
 def build_distiller(cfg: RunConfig, data: Data, teaching: Teaching | None = None,
@@ -180,7 +195,7 @@ def run_dir_of(cfg: RunConfig) -> Path:
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-          verbose: bool = True, callbacks=()) -> RunResult:
+          verbose: bool = True, callbacks=(), lr_scale: float = 1.0) -> RunResult:
     """Train the run described by ``cfg`` (a teacher, a baseline, a distilled student, or a
     scheme).
 
@@ -190,11 +205,18 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     here). A sequence scheme writes one such directory per stage below it, plus
     ``scheme.json`` (see :mod:`kdforge.stages`).
     """
+    if not (0 < lr_scale < float("inf")):
+        raise ConfigError(f"--lr-scale must be a positive number, got {lr_scale}")
+    check_writable(run_dir_of(cfg))  # a file, read-only or full: refused before training
     if cfg.scheme is not None and build_scheme(cfg.scheme).sequence:
+        if lr_scale != 1.0:
+            raise ConfigError("--lr-scale resumes one run; resume the stage that diverged "
+                              "(its own run directory) with it")
         from kdforge.stages import run_sequence
 
         return run_sequence(cfg, resume=resume, overwrite=overwrite, verbose=verbose)
     run = Run(cfg, resume=resume, overwrite=overwrite, verbose=verbose, callbacks=callbacks)
+    run.trainer.resume_lr_scale = lr_scale
     for _ in run.epochs():
         pass
     return run.finish()
@@ -213,10 +235,15 @@ class Run:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                  verbose: bool = True, callbacks=()) -> None:
         check_names(cfg)
-        self.cfg, self.resume = cfg, resume
+        self.cfg = cfg
         self.run_dir = run_dir_of(cfg)
+        # Killed before its first checkpoint, a run resumes by starting from scratch.
+        self.resume = resume and any((self.run_dir / f).exists()
+                                     for f in (CHECKPOINT, LEGACY_CHECKPOINT))
         env = distributed.env_from_torchrun()
         self.is_main = env.is_main
+        if resume and env.is_main:  # what killed writes left (.NAME.RANDOM.tmp)
+            remove_temporaries(self.run_dir)
         if not resume and any((self.run_dir / f).exists()
                               for f in (CHECKPOINT, LEGACY_CHECKPOINT)):
             if not overwrite:
@@ -241,7 +268,8 @@ class Run:
         self.distiller = build_distiller(cfg, data, teaching, self.scheme)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
+            write_text(self.run_dir / CONFIG_FILE, cfg.to_yaml())
+            fault_point("run-start")
         self.trainer = Trainer(
             self.distiller, teaching.source, data.val, num_classes=data.splits.num_classes,
             optim=cfg.optim, schedule=cfg.schedule, train=cfg.train,
@@ -278,6 +306,9 @@ class Run:
                            num_classes=self.data.splits.num_classes,
                            input_shape=self.data.splits.input_shape)
         test = trainer.evaluate_dataset(self.data.test)
+        if self.is_main:  # per-sample test logits for the report (kdforge report)
+            from kdforge.engine.predictions import write_predictions
+            write_predictions(trainer, self.data.test, self.run_dir)
         summary = summarize(self.cfg, trainer, trainer.history, test,
                             self.train_time + trainer.resumed_seconds,
                             self.data.splits.input_shape)
@@ -309,7 +340,8 @@ def summarize(cfg: RunConfig, trainer: Trainer, history: list[dict[str, Any]],
         "epochs": trainer.epoch,
         "train_time_s": train_time,
         "samples_per_s": _steady_rate(history),
-        "latency_ms": measure_latency(student, example, device=trainer.device),
+        "latency_ms": (measure_latency(student, example, device=trainer.device)
+                       if cfg.train.latency else None),
         "latency_batch": cfg.data.batch_size,
         "val": {k[4:]: v for k, v in last.items() if k.startswith("val/")},
         "test": test,
@@ -324,14 +356,19 @@ def _steady_rate(history: list[dict[str, Any]]) -> float:
     return sum(rates) / max(1, len(rates))
 
 
-def resume(run_dir: str | Path, *, verbose: bool = True) -> RunResult:
-    """Continue an interrupted run from its directory (config and checkpoint are read there)."""
+def resume(run_dir: str | Path, *, verbose: bool = True, lr_scale: float = 1.0) -> RunResult:
+    """Continue an interrupted run from its directory (config and checkpoint are read there).
+
+    ``lr_scale`` multiplies every learning rate from the checkpoint on (after a NaN loss:
+    resume from the last good checkpoint with e.g. 0.5)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
-    cfg = load_config(run_dir / CONFIG_FILE)
+        raise CheckpointError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_FILE}); "
+                              "a run killed before it wrote its config has nothing to "
+                              "resume: start it again with kdforge train CONFIG")
+    cfg = load_config(run_dir / CONFIG_FILE, relative_to_file=False)
     cfg = cfg.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
-    return train(cfg, resume=True, verbose=verbose)
+    return train(cfg, resume=True, verbose=verbose, lr_scale=lr_scale)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
@@ -343,7 +380,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
         )
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
-    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = load_config(run_dir / CONFIG_FILE, relative_to_file=False)
     data = build_data(cfg)
     if cfg.scheme is not None:  # the data as the run saw it (cross_modal: its modality)
         data = build_scheme(cfg.scheme).adapt_data(cfg, data)
@@ -365,7 +402,16 @@ def load_run_summary(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} does not exist; the run has not finished")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{str(path)!r} is not a readable run summary ({exc}); the run "
+                              "directory is damaged: delete the file and rerun (kdforge train "
+                              "--resume RUN_DIR finishes it again from the checkpoint)") from None
+    if not isinstance(summary, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(summary).__name__}, not a run "
+                              "summary; delete it and rerun the run")
+    return summary
 
 
 def require_teacher(cfg: RunConfig) -> None:
@@ -403,6 +449,11 @@ def list_registered(kind: str) -> list[tuple[str, str, str]]:
     if registry is None:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(registries())}")
     rows = [(e.name, e.source, e.summary) for e in registry.entries()]
+    if kind == "datasets":  # a data set's options and their defaults, after its summary
+        from kdforge.data.datasets import describe_options
+
+        rows = [(n, s, f"{text} Options: {describe_options(registry.get(n))}")
+                for n, s, text in rows]
     if kind == "models":
         rows += [("timm:NAME", "Wightman, PyTorch Image Models", "any timm architecture by name"),
                  ("torchvision:NAME", "torchvision", "any torchvision classification model")]
@@ -422,8 +473,15 @@ def list_layers(model: str | None, overrides: list[str]) -> list[str]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r} must look like key=value")
-        options[key] = yaml.safe_load(value)
-    k, shape = options.pop("num_classes"), tuple(options.pop("input_shape"))
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key] = value  # as --set does for a run config: not YAML, a string
+    k, shape = options.pop("num_classes"), options.pop("input_shape")
+    if not isinstance(shape, list) or not shape:
+        raise ConfigError(f"--set input_shape={shape!r} must be a list of sizes, e.g. "
+                          "input_shape=[3,32,32] (C, H, W) or input_shape=[1,40] (C, L)")
+    shape = tuple(shape)
     net = build_model(model, options, k, shape)
     modules = dict(net.named_modules())
     return [f"{name:32s} {type(modules[name]).__name__}" for name in layer_names(net)]

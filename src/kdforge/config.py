@@ -46,6 +46,22 @@ class _Named(BaseModel):
         return dict(self.model_extra or {})
 
 
+class NormalizeStats(_Strict):
+    """``data.normalize: {mean: [...], std: [...]}``: one value per input channel."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> NormalizeStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalize has {len(self.mean)} means but {len(self.std)} stds; "
+                             "give one of each per channel")
+        if min(self.std) <= 0:
+            raise ValueError(f"normalize stds must be positive, got {self.std}")
+        return self
+
+
 class DataConfig(_Named):
     """``data:`` the data set and how it is batched."""
 
@@ -61,6 +77,10 @@ class DataConfig(_Named):
                                            "classes, or merge them into one extra class n")
     rest_ratio: float | None = Field(None, gt=0.0, description="with rest=merge: keep at most "
                                      "this many merged samples per kept sample")
+    normalize: Literal["auto"] | NormalizeStats | None = Field(
+        None, description="input normalisation for every split: null (none), auto (per-channel "
+        "mean/std of the training set) or {mean: [...], std: [...]} per channel "
+        "(kdforge.data.datasets.normalized)")
 
     @model_validator(mode="after")
     def _class_subset(self) -> DataConfig:
@@ -194,8 +214,18 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the student (CUDA)")
     log_every: int = Field(10, gt=0, description="steps between progress updates")
-    tensorboard: bool = Field(False, description="also write TensorBoard events")
+    tensorboard: bool | Literal["auto"] = Field(
+        "auto", description="TensorBoard events in run_dir/tensorboard: auto (when the "
+        "tensorboard package imports), true (required), false (never); JSONL always")
     checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints (and last)")
+    on_nonfinite: Literal["stop", "restart"] = Field(
+        "stop", description="a NaN or infinite loss: stop (resume with --lr-scale), or restart "
+        "from the last good checkpoint with lower learning rates")
+    restart_lr_factor: float = Field(0.5, gt=0.0, lt=1.0, description="with restart: learning "
+                                     "rates x this at each restart")
+    max_restarts: int = Field(3, ge=1, description="with restart: at most this many")
+    latency: bool = Field(True, description="measure the trained model's forward latency at "
+                          "the end of the run (summary.json latency_ms; a few seconds on CPU)")
 
 
 class SchemeConfig(_Named):
@@ -223,6 +253,10 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     scheme: SchemeConfig | None = Field(None, description="a scheme: kdforge list schemes")
+    eval_teacher: TeacherConfig | None = Field(
+        None, description="a teacher that evaluation measures agreement and KL against, "
+        "without teaching (a student trained alone gets the fidelity to its study's teacher); "
+        "default: the run's own teacher")
 
     @property
     def teachers(self) -> list[TeacherConfig | StoreTeacherConfig]:
@@ -301,6 +335,8 @@ def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = 
     data = _deep_copy(data)
     for item in overrides:
         apply_override(data, item)
+    if overrides:  # a value is parsed as YAML: it may be !!binary, a timestamp, a cycle
+        check_plain(data, "the config after --set " + " ".join(overrides))
     try:
         return (kind or RunConfig).model_validate(data)
     except ValidationError as exc:
@@ -317,12 +353,25 @@ def parse_section(kind: type[BaseModel], data: dict[str, Any], what: str) -> Any
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
-                kind: type[BaseModel] | None = None) -> Any:
-    """Read a YAML config file and validate it (with overrides)."""
+                kind: type[BaseModel] | None = None, *, relative_to_file: bool = True) -> Any:
+    """Read a YAML config file and validate it (with overrides).
+
+    Relative paths written in the file (its teacher, store, data files, ``output_dir``) are
+    relative to the file's directory; those given as ``overrides`` to the current directory
+    (:mod:`kdforge.config_paths`). A run directory's own ``config.yaml`` holds the paths as
+    the run resolved them: read it with ``relative_to_file=False``.
+    """
+    from kdforge.config_paths import resolve_paths
+
     path = Path(path)
     data = read_yaml_mapping(path, f"config file {str(path)!r} does not exist",
                              f"{path} must hold a mapping of config sections")
-    return parse_config(data, overrides, kind)
+    if relative_to_file:
+        resolve_paths(data, (kind or RunConfig).__name__, path.parent)
+    try:
+        return parse_config(data, overrides, kind)
+    except ConfigError as exc:  # name the file: a run directory's config.yaml, or the user's
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def read_yaml_mapping(path: Path, missing: str, not_mapping: str) -> dict[str, Any]:
@@ -334,9 +383,53 @@ def read_yaml_mapping(path: Path, missing: str, not_mapping: str) -> dict[str, A
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text (a binary file)
+        raise ConfigError(f"cannot read {path} as a YAML text file ({exc}); give a YAML "
+                          "config file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{not_mapping}, got {type(data).__name__}")
+    check_plain(data, str(path))
     return data
+
+
+#: the most values (after YAML aliases are expanded) a config may hold
+MAX_CONFIG_VALUES = 100_000
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(data: Any, where: str) -> None:
+    """Refuse a config tree that is not plain data: values other than strings, numbers,
+    booleans, null, lists and mappings (YAML's ``!!binary``, ``!!set``, timestamps), YAML
+    aliases that make a cycle (``a: &x [*x]``) or expand past :data:`MAX_CONFIG_VALUES`
+    values ("billion laughs"); each would hang, overflow the stack or fail when the run
+    writes its ``config.yaml``. ``where`` names the file or the source in the message."""
+    stack: list[tuple[Any, str, frozenset[int]]] = [(data, "", frozenset())]
+    seen = 0
+    while stack:
+        node, key, above = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_CONFIG_VALUES} values once its "
+                              "YAML aliases are expanded; a config is far smaller: remove the "
+                              "aliases that repeat each other")
+        if isinstance(node, _PLAIN):
+            continue
+        if not isinstance(node, (dict, list, tuple)):
+            raise ConfigError(f"{where}: {key or '(top level)'} holds a {type(node).__name__} "
+                              f"({str(node)[:40]!r}); a config holds strings, numbers, booleans, "
+                              "null, lists and mappings only: quote the value to make it a "
+                              "string")
+        if id(node) in above:
+            raise ConfigError(f"{where}: {key or '(top level)'} is a YAML alias of a value that "
+                              "contains it (a cycle); write the value out instead of the alias")
+        inner = above | {id(node)}
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, child in items:
+            if not isinstance(k, _PLAIN):
+                raise ConfigError(f"{where}: {key or '(top level)'} has a key of type "
+                                  f"{type(k).__name__} ({str(k)[:40]!r}); keys are names: "
+                                  "quote it")
+            stack.append((child, f"{key}.{k}" if key else str(k), inner))
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

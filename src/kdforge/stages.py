@@ -11,7 +11,6 @@ scheme returns go to ``output_dir/name/scheme.json``.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from kdforge import api
 from kdforge.config import RunConfig, load_config
 from kdforge.core.errors import ConfigError
 from kdforge.core.faults import fault_point
-from kdforge.core.files import remove_temporaries, write_json, write_text
+from kdforge.core.files import read_json, remove_temporaries, write_json, write_text
 from kdforge.engine import distributed
 from kdforge.engine.checkpoint import CHECKPOINT
 from kdforge.schemes import RunData, StageResult, build_scheme, record_of
@@ -106,7 +105,7 @@ def load_scheme_result(root: str | Path) -> dict[str, Any]:
     path = Path(root) / SCHEME_FILE
     if not path.is_file():
         raise ConfigError(f"{str(path)!r} does not exist; the scheme has not finished")
-    return json.loads(path.read_text())
+    return read_json(path, "scheme result", "rerun the scheme with --overwrite")
 
 
 __all__ = ["SCHEME_FILE", "StageRunner", "load_scheme_result", "run_sequence",

@@ -91,7 +91,9 @@ def test_empty_class_folder(image_root: Path) -> None:
 def test_corrupt_image_names_the_file(image_root: Path) -> None:
     bad = image_root / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    ds = ImageFolderDataset(image_root)  # lazy: nothing decoded yet
+    with pytest.raises(DataError, match="broken.png"):  # the default decodes every image first
+        ImageFolderDataset(image_root)
+    ds = ImageFolderDataset(image_root, verify="none")  # lazy: nothing decoded yet
     position = ds.paths.index(str(bad))
     with pytest.raises(DataError) as err:
         ds[position]
@@ -102,7 +104,7 @@ def test_corrupt_image_names_the_file(image_root: Path) -> None:
     first_bad.parent.mkdir()
     first_bad.write_bytes(b"")
     with pytest.raises(DataError, match="zero.png"):  # size probe of the first image
-        ImageFolderDataset(image_root)
+        ImageFolderDataset(image_root, verify="none")
 
 
 def test_loader_split_is_stratified_and_fixed(

@@ -227,15 +227,7 @@ def guarded(monkeypatch, tmp_path):
 #: Raw exceptions still known to escape, each fixed outside this test's files (issue 14,
 #: helper H4's report): (exception types, a file of the traceback, its function or None).
 #: Delete an entry once its fix is in; an input matching none of them fails the test.
-KNOWN_BUGS = [
-    # cli/bench.py: `int(e) for e in names(args.epochs)` lets ValueError out
-    ((ValueError,), "kdforge/cli/bench.py", "recipes"),
-    # report: a RUN_DIR name longer than the OS allows (Path.is_dir raises ENAMETOOLONG)
-    ((OSError,), "kdforge/report/", None),
-    # core/registry.py: a factory option of the wrong type (losses.0.T=[a, b],
-    # student.hidden=3.5): call_with_checked_kwargs should turn TypeError into ConfigError
-    ((TypeError, ValueError), "kdforge/core/registry.py", "call_with_checked_kwargs"),
-]
+KNOWN_BUGS: list = []  # none left: every raw exception found was fixed
 
 
 def _known(exc: BaseException) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdforge.cli.base import arguments, command, names
+from kdforge.cli.base import arguments, command, names, usage
 
 
 def _grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,11 @@ def _recipes_arguments(parser: argparse.ArgumentParser) -> None:
 def recipes(args: argparse.Namespace) -> int:
     from kdforge.jobs.bench_recipes import run_recipes
 
-    epochs = [int(e) for e in names(args.epochs)] if args.epochs else None
+    try:
+        epochs = [int(e) for e in names(args.epochs)] if args.epochs else None
+    except ValueError:
+        raise usage(f"--epochs takes comma-separated integers, e.g. 30,100; got "
+                    f"{args.epochs!r}") from None
     run_recipes(args.spec, results=args.results, epochs=epochs, seeds=args.seeds,
                 settings=names(args.settings))
     print(f"results: {args.results}/recipes.md, recipes.json, recipes.png")

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kdforge.core.errors import CompressionError
+from kdforge.core.errors import CheckpointError, CompressionError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -129,7 +129,13 @@ class OnnxModule(nn.Module):
             model_bytes = Path(path).read_bytes()
         self.model_bytes = model_bytes
         self.threads = int(threads)
-        self._start()
+        try:
+            self._start()
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, ...: its own classes
+            raise CheckpointError(f"ONNX Runtime cannot load {str(path or 'the ONNX model')!r} "
+                                  f"({str(exc).splitlines()[0] if str(exc) else exc!r}); the "
+                                  "file is not a valid ONNX model: export it again (kdforge "
+                                  "compress --overwrite)") from None
 
     def _start(self) -> None:
         import onnxruntime as ort

@@ -44,6 +44,8 @@ from kdforge.compress.stages import (
 )
 from kdforge.config import LossConfig, TrainConfig, load_config
 from kdforge.core.errors import ConfigError
+from kdforge.core.faults import fault_point
+from kdforge.core.files import check_writable, remove_temporaries, write_text
 from kdforge.engine.checkpoint import CHECKPOINT
 
 CONFIG_FILE = "config.yaml"
@@ -64,7 +66,9 @@ def compress(cfg: CompressConfig, *, resume: bool = False, overwrite: bool = Fal
     ctx = _context(cfg, data, description)
     reference, targets = predictions(original, data.test)
     root.mkdir(parents=True, exist_ok=True)
-    (root / CONFIG_FILE).write_text(_yaml(cfg))
+    if resume:  # what killed writes left (.NAME.RANDOM.tmp), in every stage's directory
+        remove_temporaries(root, recursive=True)
+    write_text(root / CONFIG_FILE, _yaml(cfg))
     done: dict[str, dict[str, tuple[Artefact, dict[str, Any]]]] = {}
     for chain, losses in cfg.chains.items():
         current: nn.Module = original
@@ -72,6 +76,7 @@ def compress(cfg: CompressConfig, *, resume: bool = False, overwrite: bool = Fal
         for stage_cfg, stage in zip(cfg.stages, stages, strict=True):
             out = root / chain / stage_cfg.name
             tune = bool(losses) and stage_cfg.finetune
+            fault_point("compress-stage")  # between two stages (crash tests; else free)
             artefact, facts = _stage(cfg, stage, current, original, ctx, data, out,
                                      losses if tune else [], reference, targets, verbose)
             done[chain][stage_cfg.name] = (artefact, facts)
@@ -89,6 +94,7 @@ def compress(cfg: CompressConfig, *, resume: bool = False, overwrite: bool = Fal
 
 def _root(cfg: CompressConfig, *, resume: bool, overwrite: bool) -> Path:
     root = Path(cfg.output_dir) / cfg.name
+    check_writable(root)  # a file, read-only or full: refused before any stage
     written = root / CONFIG_FILE
     if written.is_file() and not overwrite:
         if not resume:
@@ -113,7 +119,7 @@ def _yaml(cfg: CompressConfig) -> str:
 def _data(cfg: CompressConfig):
     from kdforge import api
 
-    run_cfg = load_config(Path(cfg.run) / api.CONFIG_FILE)
+    run_cfg = load_config(Path(cfg.run) / api.CONFIG_FILE, relative_to_file=False)
     if cfg.data is not None:
         run_cfg = run_cfg.model_copy(update={"data": cfg.data})
     return api.build_data(run_cfg)

@@ -219,6 +219,7 @@ class Pt2eRoute(QuantRoute):
 
     def load(self, out: Path, meta: dict[str, Any], build_float: Callable[[], nn.Module],
              example: Tensor) -> nn.Module:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         saved = list(meta.get("example_shape", []))
@@ -233,7 +234,13 @@ class Pt2eRoute(QuantRoute):
         if qat:
             _allow_train_eval(prepared)
         try:
-            prepared.load_state_dict(load_file(str(out / STATE_FILE)), strict=True)
+            state = load_file(str(out / STATE_FILE))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"the int8 state {str(out / STATE_FILE)!r} is not a readable "
+                                  f"safetensors file ({exc}); the artefact is damaged: rerun "
+                                  "the int8 stage (kdforge compress --overwrite)") from None
+        try:
+            prepared.load_state_dict(state, strict=True)
         except (RuntimeError, OSError) as exc:
             raise CheckpointError(f"the int8 state in {str(out)!r} does not fit the rebuilt "
                                   f"model ({str(exc).splitlines()[0]}); build_float must "

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from kdforge.config import parse_section
+from kdforge.core.errors import CheckpointError
 from kdforge.core.registry import Registry
 
 STAGES: Registry[type[Stage]] = Registry("compression stage")
@@ -109,7 +110,18 @@ def write_stage_facts(out: Path, facts: dict[str, Any]) -> None:
 
 def read_stage_facts(out: Path) -> dict[str, Any] | None:
     path = out / STAGE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"the stage record {str(path)!r} cannot be read ({exc}); delete "
+                              "it to run the stage again, or rerun with --overwrite") from None
+    if not isinstance(facts, dict):
+        raise CheckpointError(f"the stage record {str(path)!r} holds a "
+                              f"{type(facts).__name__}, not a mapping; delete it to run the "
+                              "stage again")
+    return facts
 
 
 __all__ = ["STAGES", "Artefact", "Stage", "StageContext", "StageOptions", "build_stage",

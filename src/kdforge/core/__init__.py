@@ -6,6 +6,7 @@ from kdforge.core.errors import (
     DataError,
     KDForgeError,
     NonFiniteLossError,
+    RunDirError,
     ShapeMismatchError,
     StoreError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "FeatureTap",
     "KDForgeError",
     "NonFiniteLossError",
+    "RunDirError",
     "Outputs",
     "Registry",
     "ShapeMismatchError",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdforge.core.errors import RunDirError
+from kdforge.core.errors import CheckpointError, RunDirError
 from kdforge.core.faults import fault_point
 
 #: Below this many free bytes an output directory is refused before training: a checkpoint
@@ -144,6 +144,30 @@ def remove_temporaries(directory: str | os.PathLike, recursive: bool = False) ->
                 continue
             removed.append(path)
     return removed
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON document in ``path`` (a file kdforge wrote: ``what`` it is); a damaged,
+    binary or unreadable file is a :class:`CheckpointError` naming it and saying ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        raise CheckpointError(f"{str(path)!r} is not a readable {what} ({type(exc).__name__}: "
+                              f"{exc}); {fix}") from None
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` (no pickle); a missing, damaged or
+    foreign file is a :class:`CheckpointError` naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError, a header that is not JSON
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file "
+                              f"({type(exc).__name__}: {exc}); it is missing or damaged: "
+                              "recreate it (rerun what wrote it)") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from kdforge.core.errors import ConfigError, unknown_name_message
+from kdforge.core.errors import ConfigError, KDForgeError, unknown_name_message
 
 T = TypeVar("T")
 
@@ -116,4 +116,12 @@ def call_with_checked_kwargs(kind: str, name: str, factory: Callable[..., Any], 
                     f"{kind} {name!r} has no option {key!r}; allowed options: "
                     + (", ".join(allowed) or "(none)")
                 )
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except KDForgeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:  # an option of the wrong type/range
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ConfigError(f"{kind} {name!r} cannot take the options {shown or '(none)'}: {err}; "
+                          "give each option a value of the type and range it documents"
+                          ) from None

@@ -7,6 +7,7 @@ never leaves a half-written checkpoint behind: the previous one stays intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -47,7 +48,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, tensors)
     meta = {CHECKPOINT_KEY: json.dumps({"format": CHECKPOINT_FORMAT, "version": 1,
-                                         "state": skeleton})}
+                                         "sha256": _digest(tensors), "state": skeleton})}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -77,6 +78,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         header = json.loads(meta[CHECKPOINT_KEY])
         if header.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {header.get('format')!r}")
+        if "sha256" in header and header["sha256"] != _digest(tensors):  # older: none
+            raise ValueError("its tensors do not match their recorded sha256 (bit rot or a "
+                             "partial copy)")
         return _decode(header["state"], tensors)
     except CheckpointError:
         raise
@@ -85,6 +89,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is unreadable ({type(exc).__name__}: {exc}); it was not "
             "written by kdforge or the file is damaged. Start a new run (--overwrite)."
         ) from None
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in key order: safetensors
+    itself checks no content, so a flipped bit would otherwise load silently."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:

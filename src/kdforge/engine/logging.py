@@ -106,7 +106,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        from kdforge.core.errors import CheckpointError
+
+        raise CheckpointError(f"{str(path)!r} cannot be read as metrics ({type(exc).__name__}); "
+                              "the file is damaged: start the run again (--overwrite)") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
         try:

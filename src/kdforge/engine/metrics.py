@@ -13,9 +13,6 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
-from torchmetrics.regression import KLDivergence
 
 from kdforge.core.outputs import Batch, Outputs, to_outputs
 from kdforge.core.teacher import Teacher
@@ -42,6 +39,12 @@ class Evaluator:
     """
 
     def __init__(self, num_classes: int, with_teacher: bool, device: torch.device) -> None:
+        # imported here: torchmetrics' package import (its audio, image and text parts,
+        # torchvision) costs seconds that every command which never evaluates would pay
+        from torchmetrics import MeanMetric, MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+        from torchmetrics.regression import KLDivergence
+
         top5 = min(5, num_classes)
         metrics: dict[str, nn.Module] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),

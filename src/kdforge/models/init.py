@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kdforge.core.errors import CheckpointError
+from kdforge.core.files import read_tensors
 from kdforge.models.runs import WEIGHTS, read_model_description
 
 
@@ -36,10 +37,8 @@ def init_from_run(model: nn.Module, run_dir: str | os.PathLike) -> InitReport:
         CheckpointError: ``run_dir`` holds no trained model, or more than half of the
             model's tensors find nothing that fits (another architecture).
     """
-    from safetensors.torch import load_file
-
     read_model_description(run_dir)  # a clear error if this is not a finished run
-    source = load_file(str(Path(run_dir) / WEIGHTS))
+    source = read_tensors(Path(run_dir) / WEIGHTS)
     report = InitReport()
     state = model.state_dict()
     with torch.no_grad():

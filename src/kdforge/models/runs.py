@@ -18,6 +18,7 @@ file handed to kdforge cannot run code. Compression stages add their layer types
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -111,9 +112,20 @@ def save_run_model(run_dir: str | os.PathLike, model: nn.Module, *, name: str,
     with torch.random.fork_rng(devices=[]):  # the fresh build must not move the run's RNG
         base = create_model(name, num_classes, input_shape, **options)
     inner = getattr(model, "_orig_mod", model)
-    return write_json(Path(run_dir) / MODEL_FILE,
-                      describe_model(inner, base, name=name, options=options,
-                                     num_classes=num_classes, input_shape=input_shape))
+    meta = describe_model(inner, base, name=name, options=options, num_classes=num_classes,
+                          input_shape=input_shape)
+    weights = Path(run_dir) / WEIGHTS
+    if weights.is_file():  # loading checks it: a damaged weights file is refused, not used
+        meta["weights_sha256"] = _sha256(weights)
+    return write_json(Path(run_dir) / MODEL_FILE, meta)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_model_description(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -127,7 +139,10 @@ def read_model_description(run_dir: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text())
         for key in ("name", "num_classes", "input_shape"):
             meta[key]  # noqa: B018  (a missing key is a damaged file)
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(meta.get("options", {}), dict) or not isinstance(
+                meta.get("layers", {}), dict) or not isinstance(meta.get("pruned", {}), dict):
+            raise ValueError("'options', 'layers' and 'pruned' must be mappings")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{str(path)!r} is not a kdforge model description ({exc})") from None
     return meta
 
@@ -153,7 +168,11 @@ def rebuild(meta: dict[str, Any]) -> nn.Module:
         setattr(modules[parent_path], attr, new)
     modules = dict(model.named_modules())
     for path, names in meta.get("pruned", {}).items():
-        for tensor_name in names:
+        for tensor_name in names if isinstance(names, list) else [names]:
+            if path not in modules or not isinstance(getattr(modules[path], str(tensor_name),
+                                                             None), torch.Tensor):
+                raise CheckpointError(f"the model description prunes {path!r}.{tensor_name!r}, "
+                                      f"which {meta['name']!r} does not have")
             prune.identity(modules[path], tensor_name)
     return model
 
@@ -163,7 +182,18 @@ def load_run_model(run_dir: str | os.PathLike) -> nn.Module:
     from kdforge.models.factory import load_weights
 
     meta = read_model_description(run_dir)
-    model = rebuild(meta)
+    weights = Path(run_dir) / WEIGHTS
+    recorded = meta.get("weights_sha256")  # absent in runs of kdforge < 0.3
+    if recorded is not None and _sha256(weights) != recorded:
+        raise CheckpointError(
+            f"{str(weights)!r} does not match the sha256 that {MODEL_FILE} recorded when the "
+            "run finished: the file is damaged or was replaced. Restore it from a copy or "
+            "train the run again (kdforge train CONFIG --overwrite)")
+    try:
+        model = rebuild(meta)
+    except ConfigError as exc:  # options the registered model does not take
+        raise CheckpointError(f"the model description of run {str(run_dir)!r} cannot be "
+                              f"rebuilt: {exc}") from None
     try:
         return load_weights(model, Path(run_dir) / WEIGHTS, model_name=meta["name"])
     except ConfigError as exc:

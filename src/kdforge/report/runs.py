@@ -95,7 +95,12 @@ def find_runs(paths: Sequence[str | os.PathLike], max_depth: int = 8) -> list[Pa
     found: list[Path] = []
     for given in paths:
         root = Path(given)
-        if not root.is_dir():
+        try:
+            is_dir = root.is_dir()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ConfigError(f"{str(root)[:200]!r} cannot be read as a directory: "
+                              f"{exc.strerror}") from None
+        if not is_dir:
             raise ConfigError(f"{str(root)!r} is not a directory; give run directories or a "
                               "directory that holds them")
         for path in _walk(root, max_depth):

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from kdforge.config import RunConfig
 from kdforge.core.errors import ConfigError
-from kdforge.core.files import atomic_write, write_text
+from kdforge.core.files import atomic_write, read_tensors, write_text
 from kdforge.data.datasets.arrays import ArrayDataset
 from kdforge.schemes.base import (
     RunData,
@@ -140,7 +140,7 @@ def synthesize(out: Path, teacher: nn.Module, opts: DeepInversionOptions, *, num
                                     student=student)
             batch = {"inputs": x.contiguous(), "targets": targets}
             atomic_write(path, lambda tmp, batch=batch: save_file(batch, tmp))
-        saved = load_file(str(path))
+        saved = read_tensors(path)
         inputs.append(saved["inputs"])
         labels.append(saved["targets"])
     x = torch.cat(inputs)
@@ -188,14 +188,14 @@ def write_report(path: Path, inputs: Tensor, probs: Tensor, shown: int = 40) -> 
 
 def load_transfer_set(paths: list[str], classes: list[str] | None = None) -> ArrayDataset:
     """The synthesised files as one labelled data set (labels: the teacher's argmax)."""
-    sets = [load_file(p) for p in paths]
+    sets = [read_tensors(p) for p in paths]
     inputs = torch.cat([s["inputs"] for s in sets])
     targets = torch.cat([s["teacher_probs"] for s in sets]).argmax(1)
     return ArrayDataset(inputs, targets, classes or None)
 
 
 def synthesis_seconds(paths: list[str]) -> float:
-    return sum(float(load_file(p)["seconds"]) for p in paths)
+    return sum(float(read_tensors(p)["seconds"]) for p in paths)
 
 
 class TransferOptions(SchemeOptions):

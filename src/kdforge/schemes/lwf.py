@@ -40,9 +40,10 @@ from torch import Tensor, nn
 
 from kdforge.config import RunConfig
 from kdforge.core.errors import ConfigError, ShapeMismatchError
+from kdforge.core.files import read_tensors
 from kdforge.core.outputs import Batch, Outputs, StepResult, to_outputs
 from kdforge.core.step import OptimGroup, StepContext, TrainStep
-from kdforge.data.datasets import load_dataset
+from kdforge.data.datasets import load_dataset, normalize_splits
 from kdforge.data.datasets.classes import RelabelledDataset, select_classes
 from kdforge.models.runs import WEIGHTS, load_run_model, read_model_description
 from kdforge.schemes.base import (
@@ -259,7 +260,8 @@ def check_run(cfg: RunConfig) -> None:
 
 def task_test_set(cfg: RunConfig, classes: list[int]) -> RelabelledDataset:
     """The test samples of ``classes`` of ``cfg``'s data set, relabelled ``0..n-1``."""
-    splits = load_dataset(cfg.data.name, **cfg.data.options)
+    splits = normalize_splits(load_dataset(cfg.data.name, **cfg.data.options),
+                              cfg.data.normalize)  # as the run's own data (api.build_data)
     return select_classes(splits.test, classes)
 
 
@@ -306,10 +308,8 @@ class LwfStage(Scheme):
                        offset(data.val) if data.val is not None else None, offset(data.test))
 
     def build_step(self, inputs: StepInputs) -> TrainStep:
-        from safetensors.torch import load_file
-
         o = self.options
-        old_weights = load_file(str(Path(o.old_run) / WEIGHTS))
+        old_weights = read_tensors(Path(o.old_run) / WEIGHTS)
         rows = grown_rows(inputs.student, old_weights, len(o.old_classes),
                           inputs.data.num_classes)
         return LwfStep(inputs.student, load_run_model(o.old_run), rows,

@@ -34,7 +34,6 @@ training together) and ``reference`` (``compare: False``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from pydantic import Field, PositiveInt
 
 from kdforge.config import RunConfig
 from kdforge.core.errors import ConfigError
-from kdforge.core.files import write_json
+from kdforge.core.files import read_json, write_json
 from kdforge.engine import distributed
 from kdforge.losses.base import build_loss
 from kdforge.models import MODELS, count_parameters
@@ -249,7 +248,7 @@ def _stored_costs(path: Path, model: str, options: list[dict[str, Any]],
     candidates measured the same way; else ``None``."""
     if not path.is_file():
         return None
-    stored = json.loads(path.read_text())
+    stored = read_json(path, "search record", "delete it to measure the candidates again")
     rows = stored.get("candidates", [])
     if (stored.get("model") != model or stored.get("measurement") != measurement
             or [r.get("options") for r in rows] != options):

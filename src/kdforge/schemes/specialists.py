@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdforge.config import RunConfig, TeacherConfig
-from kdforge.core.files import write_json
+from kdforge.core.files import read_tensors, write_json
 from kdforge.core.step import TrainStep
 from kdforge.core.teacher import Teacher
 from kdforge.data.loaders import eval_loader, to_batch
@@ -302,7 +302,6 @@ def write_specialist_init(generalist: str, meta: dict[str, Any], subset: list[in
     """A run model in ``folder``: the generalist with its head cut to ``subset`` + dustbin
     (module docstring); the tensors that depend on the class count are found by building
     the architecture for ``K`` and ``K + 1`` classes."""
-    from safetensors.torch import load_file
 
     name, options = meta["name"], meta.get("options", {})
     k, shape, n = int(meta["num_classes"]), tuple(meta["input_shape"]), len(subset)
@@ -310,7 +309,7 @@ def write_specialist_init(generalist: str, meta: dict[str, Any], subset: list[in
         torch.manual_seed(0)
         model = create_model(name, n + 1, shape, **options)
         wide = create_model(name, k + 1, shape, **options).state_dict()
-    source = load_file(str(Path(generalist) / WEIGHTS))
+    source = read_tensors(Path(generalist) / WEIGHTS)
     rest = [c for c in range(k) if c not in subset]
     modules = dict(model.named_modules())
     state = model.state_dict()

@@ -37,11 +37,11 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from kdforge.config import RunConfig, StoreTeacherConfig
-from kdforge.core.files import atomic_write
+from kdforge.core.files import atomic_write, read_tensors
 from kdforge.core.registry import Registry
 from kdforge.data.datasets.arrays import ArrayDataset
 from kdforge.data.loaders import load_batch
@@ -177,7 +177,7 @@ TRANSFER_SETS.register("cutmix", source="Yun et al. 2019, CutMix (ICCV)")(_mixin
 
 
 def _enlarged(cfg: RunConfig, runner: Runner, files: list[str]) -> dict[str, Any]:
-    size = len(runner.data(cfg).train) + sum(len(load_file(f)["inputs"]) for f in files)
+    size = len(runner.data(cfg).train) + sum(len(read_tensors(f)["inputs"]) for f in files)
     return {"scheme": {"name": STAGE, "extra": files}, "transfer_size": size}
 
 
@@ -202,9 +202,22 @@ def _unlabelled(scheme: TransferSet, cfg: RunConfig, runner: Runner) -> dict[str
         require(tuple(splits.input_shape) == tuple(data.input_shape),
                 f"transfer_set: the unlabelled inputs have shape {tuple(splits.input_shape)}, "
                 f"the run's {tuple(data.input_shape)}; use a data set of the same inputs")
-        inputs = load_batch(splits.train, range(len(splits.train))).inputs
+        inputs = load_batch(_normalized(cfg, splits.train), range(len(splits.train))).inputs
         _label(path, inputs, _teacher(cfg, data))
     return _enlarged(cfg, runner, _capped(scheme, runner, [str(path)]))
+
+
+def _normalized(cfg: RunConfig, other):
+    """The other data set's inputs normalised as the run's own (``data.normalize``: the
+    given statistics, or with ``auto`` those of the run's training set)."""
+    from kdforge.data.datasets import load_dataset
+    from kdforge.data.datasets.normalized import NormalizedDataset, normalization_stats
+
+    if cfg.data.normalize is None:
+        return other
+    own = load_dataset(cfg.data.name, **cfg.data.options).train
+    mean, std = normalization_stats(cfg.data.normalize, own, cfg.data.name)
+    return NormalizedDataset(other, mean, std)
 
 
 def _label(path: Path, inputs: torch.Tensor, teacher: nn.Module) -> None:
@@ -227,7 +240,7 @@ def _capped(scheme: TransferSet, runner: Runner, files: list[str]) -> list[str]:
         return files
     path = runner.root / f"extra-{Path(files[0]).stem}-{cap}.safetensors"
     if not path.is_file():
-        sets = [load_file(f) for f in files]
+        sets = [read_tensors(f) for f in files]
         inputs = torch.cat([s["inputs"] for s in sets])[:cap]
         probs = torch.cat([s["teacher_probs"] for s in sets])[:cap]
         _save_set(path, inputs, probs)
@@ -249,7 +262,7 @@ class EnlargedStage(Scheme):
     options: EnlargedOptions
 
     def adapt_data(self, cfg: RunConfig, data: RunData) -> RunData:
-        sets = [load_file(p) for p in self.options.extra]
+        sets = [read_tensors(p) for p in self.options.extra]
         train = data.train
         everything = load_batch(train, range(len(train)))  # type: ignore[arg-type]
         base, labels = everything.inputs, everything.targets

@@ -113,6 +113,12 @@ class ImageFolderDataset(Dataset):
         mode: ``"RGB"`` (3 channels) or ``"L"`` (grey scale, 1 channel).
         classes: the expected class names (e.g. the training folder's, for a test folder);
             the subfolders must match them exactly. None: use the subfolders found.
+        verify: what is checked of every image before any is used: ``"decode"`` (default:
+            each image is decoded once, so a truncated or corrupt file is refused before
+            training, at the cost of reading the folder once more), ``"header"`` (each file
+            is opened and its header parsed: catches files that are not images or are
+            empty, cheap for large folders) or ``"none"`` (a bad file is found when it is
+            first read, mid-training).
 
     Raises:
         DataError: the root is missing, has no class subfolders, a class folder has no
@@ -125,15 +131,21 @@ class ImageFolderDataset(Dataset):
         image_size: int | Sequence[int] | None = None,
         mode: str = "RGB",
         classes: Sequence[str] | None = None,
+        verify: str = "decode",
     ) -> None:
         if mode not in ("RGB", "L"):
             raise ConfigError(f"mode must be 'RGB' or 'L' (grey scale), got {mode!r}")
+        if verify not in VERIFY:
+            raise ConfigError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
         self.root = Path(root).expanduser()
         self.mode = mode
         self.image_size = _normalize_image_size(image_size)
         self.classes, self.paths, targets = _scan_image_folder(self.root, classes)
         self.targets = torch.tensor(targets, dtype=torch.int64)
         self._hw = self.image_size or self._native_size(self.paths[0])
+        self.verify = verify
+        if verify != "none":
+            self._verify(decode=verify == "decode")
 
     @classmethod
     def _from_parts(
@@ -147,6 +159,7 @@ class ImageFolderDataset(Dataset):
         new.paths = paths
         new.targets = targets
         new._hw = parent._hw
+        new.verify = parent.verify
         return new
 
     # -- metadata ---------------------------------------------------------------------
@@ -170,6 +183,26 @@ class ImageFolderDataset(Dataset):
         )
 
     # -- decoding ---------------------------------------------------------------------
+
+    def _verify(self, decode: bool) -> None:
+        """Open (and with ``decode`` fully decode) every image; :class:`DataError` names the
+        unreadable ones (the first five) before anything trains on them."""
+        from PIL import Image
+
+        bad: list[str] = []
+        for path in self.paths:
+            try:
+                with Image.open(path) as img:
+                    if decode:
+                        img.load()
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                bad.append(f"{path} ({err})")
+        if bad:
+            raise DataError(
+                f"{len(bad)} of the {len(self.paths)} image files under {self.root} cannot be "
+                f"read: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; the files are "
+                "corrupt or not images: replace or delete them"
+            )
 
     @staticmethod
     def _unreadable(path: str, err: BaseException) -> DataError:
@@ -233,6 +266,9 @@ class ImageFolderDataset(Dataset):
         )
 
 
+#: what ImageFolderDataset checks of every image up front (see its ``verify``)
+VERIFY = ("decode", "header", "none")
+
 IMAGE_FOLDER_SOURCE = "local image folder (root/CLASS_NAME/*.png|jpg|jpeg|bmp)"
 
 
@@ -245,6 +281,7 @@ def load_image_folder(
     image_size: int | Sequence[int] | None = None,
     mode: str = "RGB",
     val_root: str | os.PathLike[str] | None = None,
+    verify: str = "decode",
 ) -> DataSplits:
     """Images in ``root/CLASS_NAME/`` (read lazily); test set from ``test_root`` or a split.
 
@@ -260,8 +297,11 @@ def load_image_folder(
         mode: ``"RGB"`` (3 channels) or ``"L"`` (grey scale, 1 channel).
         val_root: an explicit validation folder with the same class subfolders; a run
             then validates on it instead of carving ``data.val_fraction`` from train.
+        verify: how much of every image (of every folder) is checked before training:
+            ``decode`` (each decoded once), ``header`` or ``none`` (see
+            :class:`ImageFolderDataset`).
     """
-    train_full = ImageFolderDataset(root, image_size=image_size, mode=mode)
+    train_full = ImageFolderDataset(root, image_size=image_size, mode=mode, verify=verify)
     if test_root is None:
         test_fraction = _check_fraction("test_fraction", test_fraction, allow_zero=False)
         train, test = _split_or_error(train_full, test_fraction, split_seed, "test_fraction")
@@ -290,7 +330,8 @@ def _matching_folder(
 ) -> ImageFolderDataset:
     """The images of ``folder`` (a test or validation folder): the training folder's classes
     and image size, else ``DataError``."""
-    other = ImageFolderDataset(folder, image_size=image_size, mode=mode, classes=train.classes)
+    other = ImageFolderDataset(folder, image_size=image_size, mode=mode, classes=train.classes,
+                               verify=train.verify)
     if other.input_shape != train.input_shape:
         raise DataError(
             f"images in {folder} are {other.input_shape[1:]} (HxW) but those in {root} "
