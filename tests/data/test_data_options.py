@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from kdforge import api
+from kdforge import api, listing
 from kdforge.cli import main
 from kdforge.config import parse_config
 from kdforge.core.errors import ConfigError
@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
 def test_kdforge_list_datasets_shows_every_option_with_its_default(capsys):
-    rows = {name: summary for name, _, summary in api.list_registered("datasets")}
+    rows = {name: summary for name, _, summary in listing.list_registered("datasets")}
     assert set(rows) == set(DATASETS.names()) and "arrays" in rows
     assert "num_samples=5000, draw_seed=42, cache=True" in rows["mnist1d"]
     assert "root (required)" in rows["image_folder"] and "val_root=None" in rows["image_folder"]

@@ -24,13 +24,13 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
          "  kdforge list layers resnet8 --set input_shape=[3,32,32]")
 @arguments(_list_arguments)
 def list_(args: argparse.Namespace) -> int:
-    from kdforge import api
+    from kdforge import listing
 
     if args.kind == "layers":
-        for line in api.list_layers(args.model, args.overrides):
+        for line in listing.list_layers(args.model, args.overrides):
             print(line)
     else:
-        for name, source, summary in api.list_registered(args.kind):
+        for name, source, summary in listing.list_registered(args.kind):
             print(f"{name:24s} {summary}" + (f"  [{source}]" if source else ""))
     return 0
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import Field
 
-from kdforge.config import LossConfig, RunConfig, apply_override, load_config, parse_config
+from kdforge.config import LossConfig, RunConfig, load_config, parse_config
+from kdforge.config_yaml import apply_override
 from kdforge.jobs.results import stat, write_results
 from kdforge.jobs.specs import Section, read_spec
 from kdforge.schemes import derive

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from kdforge.config import read_yaml_mapping
+from kdforge.config_yaml import read_yaml_mapping
 from kdforge.core.errors import ConfigError
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
