@@ -8,7 +8,7 @@ Work?": top-1 agreement and the KL divergence from teacher to student prediction
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,13 +90,26 @@ def evaluate(student: nn.Module, loader: Iterable, *, num_classes: int,
     """
     device = torch.device(device)
     evaluator = Evaluator(num_classes, teacher is not None, device)
+    for batch, s, t in forward_pass(student, loader, teacher=teacher, device=device,
+                                    autocast_dtype=autocast_dtype):
+        y = batch.targets.to(device) if batch.targets is not None else None
+        evaluator.update(s, y if y is not None and y.dtype == torch.long else None, t)
+    return evaluator.compute()
+
+
+def forward_pass(student: nn.Module, loader: Iterable, *, teacher: nn.Module | None = None,
+                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None
+                 ) -> Iterator[tuple[Batch, Tensor, Tensor | None]]:
+    """``(batch, student logits, teacher logits or None)`` for every batch of ``loader``,
+    the student in eval mode (its mode restored afterwards), the teacher on its own inputs
+    when the batch carries them. The one evaluation loop: metrics and stored predictions."""
+    device = torch.device(device)
     was_training = student.training
     student.eval()
     try:
         for raw in loader:
             batch: Batch = to_batch(raw)
             x = batch.inputs.to(device, non_blocking=True)
-            y = batch.targets.to(device) if batch.targets is not None else None
             with torch.autocast(device.type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
                 s = to_outputs(student(x)).logits
@@ -104,11 +117,9 @@ def evaluate(student: nn.Module, loader: Iterable, *, num_classes: int,
                 if teacher is not None:
                     tx = batch.teacher_inputs.to(device) if batch.teacher_inputs is not None else x
                     t = _teacher_outputs(teacher, tx, batch)
-            evaluator.update(s, y if y is not None and y.dtype == torch.long else None,
-                             t.logits if t is not None else None)
+            yield batch, s, t.logits if t is not None else None
     finally:
         student.train(was_training)
-    return evaluator.compute()
 
 
 def _teacher_outputs(teacher: nn.Module, x: Tensor, batch: Batch) -> Outputs:

@@ -32,9 +32,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from kdforge.core.files import atomic_write
-from kdforge.core.outputs import to_outputs
-from kdforge.data.loaders import eval_loader, to_batch
-from kdforge.engine.metrics import _teacher_outputs
+from kdforge.data.loaders import eval_loader
+from kdforge.engine.metrics import forward_pass
 
 PREDICTIONS = "predictions.safetensors"
 #: at most this many test samples are stored (the first ones)
@@ -48,35 +47,24 @@ def collect_predictions(student: nn.Module, dataset: Dataset, *,
                         max_samples: int = MAX_SAMPLES) -> dict[str, Tensor] | None:
     """``{"student", "teacher"?, "targets"}`` on the first ``max_samples`` samples of
     ``dataset``, or ``None`` when the logits are not ``(B, K)`` or the labels not classes."""
-    device = torch.device(device)
     parts: dict[str, list[Tensor]] = {"student": [], "teacher": [], "targets": []}
-    was_training = student.training
-    student.eval()
     seen = 0
-    try:
-        for raw in eval_loader(dataset, batch_size):
-            if seen >= max_samples:
-                break
-            batch = to_batch(raw)
-            take = min(batch.size, max_samples - seen)
-            y = batch.targets
-            if y is None or y.dtype != torch.long or y.ndim != 1:
-                return None
-            x = batch.inputs.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                s = to_outputs(student(x)).logits
-                if teacher is not None:
-                    tx = batch.teacher_inputs.to(device) if batch.teacher_inputs is not None else x
-                    parts["teacher"].append(_teacher_outputs(teacher, tx, batch).logits[:take]
-                                            .float().cpu())
-            if s.ndim != 2:
-                return None
-            parts["student"].append(s[:take].float().cpu())
-            parts["targets"].append(y[:take].cpu())
-            seen += take
-    finally:
-        student.train(was_training)
+    passes = forward_pass(student, eval_loader(dataset, batch_size), teacher=teacher,
+                          device=device, autocast_dtype=autocast_dtype)
+    for batch, s, t in passes:
+        y = batch.targets
+        if y is None or y.dtype != torch.long or y.ndim != 1 or s.ndim != 2:
+            passes.close()  # restores the student's mode
+            return None
+        take = min(batch.size, max_samples - seen)
+        parts["student"].append(s[:take].float().cpu())
+        parts["targets"].append(y[:take].cpu())
+        if t is not None:
+            parts["teacher"].append(t[:take].float().cpu())
+        seen += take
+        if seen >= max_samples:
+            passes.close()
+            break
     if not parts["student"]:
         return None
     out = {"student": torch.cat(parts["student"]).half(),
